@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+pub mod epoch;
+pub mod frame;
+pub mod id;
+pub mod msg;
+
+pub use epoch::Epoch;
+pub use frame::{Decoder, FrameError, Parsed, RawFrame};
+pub use id::{Id, Key, ParseIdError};
+pub use msg::{FailCause, Kind, Message, NetworkId, PROTOCOL_VERSION};
