@@ -1,1 +1,1 @@
-//! placeholder
+//! Support code for the benches and `tarn-load` (see README.md).

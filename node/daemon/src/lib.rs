@@ -1,1 +1,9 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+pub mod config;
+pub mod cpu;
+pub mod identity;
+pub mod maintenance;
+pub mod metrics;
+pub mod server;
+pub mod timesync;

@@ -1,1 +1,179 @@
-fn main() {}
+//! `tarnd`: start-up, wiring and shutdown. The pieces live in the library modules.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use glommio::{LocalExecutorBuilder, Placement};
+use tarn_node::config::{Cli, Config};
+use tarn_node::identity::Identity;
+use tarn_node::metrics::Metrics;
+use tarn_node::server::{self, Shared};
+use tarn_node::timesync::{self, Clock};
+use tarn_node::{cpu, maintenance};
+use tarn_proto::NetworkId;
+use tarn_store::{Limits, RocksOptions, RocksStore, Store};
+
+fn main() {
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tarnd: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cfg) {
+        tracing::error!("{e:#}");
+        eprintln!("tarnd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    raise_fd_limit();
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let identity = Identity::load_or_create(&cfg.data_dir)?;
+
+    // Bind before opening the store, so a second tarnd on the same port stops here.
+    let plan = cpu::plan(cfg.cores, &cfg.cpus, &cpu::affinity_mask());
+    let listeners = server::bind_listeners(cfg.listen, plan.len())?;
+    let listen_addr = listeners[0].local_addr()?;
+
+    let store: Arc<dyn Store> = Arc::new(
+        RocksStore::open(
+            &cfg.data_dir.join("db"),
+            RocksOptions {
+                limits: Limits {
+                    max_value_bytes: cfg.max_value_bytes,
+                    max_values_per_key: cfg.max_values_per_key,
+                    max_total_bytes: cfg.max_total_bytes,
+                },
+                wal: cfg.wal,
+                block_cache_bytes: cfg.block_cache_bytes as usize,
+                write_buffer_bytes: cfg.write_buffer_bytes as usize,
+                ..Default::default()
+            },
+        )
+        .context("opening the store")?,
+    );
+
+    let clock = Clock::new();
+    let metrics = Metrics::new();
+    metrics.start_time_seconds.set(timesync::system_ns() as f64 / 1e9);
+    let shared = Arc::new(Shared {
+        advertise: cfg.advertise.clone().unwrap_or_else(|| listen_addr.to_string()),
+        network: NetworkId::from_name(&cfg.network),
+        node_id: identity.id,
+        public_key: identity.public_key,
+        store: store.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        started,
+        cores: plan.len(),
+        shutdown: AtomicBool::new(false),
+        cfg: cfg.clone(),
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+
+    // GC once before serving: expired partitions from before a restart go now.
+    let now = tarn_proto::Epoch::at_unix_ns(clock.now().unix_ns, cfg.epoch_secs);
+    maintenance::gc_pass(&shared, now).context("initial garbage collection")?;
+
+    let mut threads = Vec::new();
+    if !cfg.ntp_servers.is_empty() {
+        let (servers, poll, clock, stop) = (cfg.ntp_servers.clone(), cfg.ntp_poll, clock.clone(), stop.clone());
+        threads.push(std::thread::Builder::new().name("tarn-sntp".into()).spawn(move || {
+            timesync::run_poller(servers, poll, clock, stop)
+        })?);
+    }
+    let metrics_server = match cfg.metrics_listen {
+        Some(addr) => {
+            let server = tiny_http::Server::http(addr)
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+            let bound = server.server_addr().to_ip().map(|a| a.to_string()).unwrap_or_default();
+            let server = Arc::new(server);
+            let (s, m, st, c, e) = (server.clone(), metrics.clone(), store.clone(), clock.clone(), cfg.epoch_secs);
+            std::thread::Builder::new().name("tarn-metrics".into()).spawn(move || {
+                tarn_node::metrics::serve_shared(&s, m, st, c, e)
+            })?;
+            Some((server, bound))
+        }
+        None => None,
+    };
+    {
+        let s = shared.clone();
+        threads.push(std::thread::Builder::new().name("tarn-gc".into()).spawn(move || maintenance::run_gc(s))?);
+    }
+    if cfg.wal == tarn_store::WalPolicy::Periodic {
+        let (s, every) = (shared.clone(), cfg.wal_sync_interval);
+        threads.push(std::thread::Builder::new().name("tarn-wal".into()).spawn(move || maintenance::run_wal_sync(s, every))?);
+    }
+
+    let mut cores = Vec::new();
+    for (i, (cpu_id, listener)) in plan.iter().zip(listeners).enumerate() {
+        let s = shared.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu_id))
+            .name(&format!("tarn-core-{i}"))
+            .io_memory(2 << 20)
+            .spawn(move || server::run_core(s, listener))
+            .map_err(|e| anyhow::anyhow!("starting executor {i} on CPU {cpu_id}: {e}"))?;
+        cores.push(handle);
+    }
+
+    tracing::info!(
+        node_id = %identity.id.short(),
+        cores = plan.len(),
+        cpus = ?plan,
+        epoch_secs = cfg.epoch_secs,
+        wal = tarn_node::config::wal_name(cfg.wal),
+        "tarnd serving"
+    );
+    tracing::warn!("running as a lone node: fine for development, not a ring");
+    // One machine-readable line on stdout for scripts and tests.
+    let metrics_addr = metrics_server.as_ref().map(|(_, a)| a.clone()).unwrap_or_else(|| "off".into());
+    println!("tarnd ready listen={listen_addr} metrics={metrics_addr} node_id={}", identity.id.to_hex());
+    let _ = std::io::stdout().flush();
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    shared.shutdown.store(true, Ordering::Relaxed);
+    for (i, c) in cores.into_iter().enumerate() {
+        if c.join().is_err() {
+            tracing::error!(core = i, "executor ended abnormally");
+        }
+    }
+    if let Some((server, _)) = metrics_server {
+        server.unblock();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    store.sync().context("final WAL sync")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

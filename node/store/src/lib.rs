@@ -1,1 +1,15 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod memory;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+mod store;
+pub mod valueset;
+
+pub use error::{ErrorKind, StoreError};
+pub use memory::MemoryStore;
+#[cfg(feature = "rocksdb")]
+pub use rocks::{RocksOptions, RocksStore, WalPolicy};
+pub use store::{DropReport, EpochStats, Limits, PutItem, ScanVisitor, Store, StoreStats};
+pub use valueset::StampedValue;

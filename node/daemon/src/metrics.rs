@@ -1,0 +1,211 @@
+//! Prometheus metrics. Every name starts with `tarn_`; no label ever carries a key, a value or
+//! a client address (labels are request types, outcomes, storage operations and epoch ages).
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tarn_proto::Epoch;
+use tarn_store::Store;
+
+use crate::timesync::Clock;
+
+/// All of tarnd's metrics, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Requests by `type` and `outcome`.
+    pub requests: IntCounterVec,
+    /// Request latency inside the node by `type` (decode to reply encoded).
+    pub request_seconds: HistogramVec,
+    /// Time spent in the storage engine (the blocking boundary) by `op`.
+    pub storage_seconds: HistogramVec,
+    /// Inserts per group commit.
+    pub batch_size: Histogram,
+    /// Open client connections.
+    pub connections_open: IntGauge,
+    /// Connections accepted.
+    pub connections_total: IntCounter,
+    /// Connections refused at the limit.
+    pub connections_refused: IntCounter,
+    /// Frames or connections rejected, by `reason`.
+    pub rejected: IntCounterVec,
+    /// Values accepted per live epoch, by `epoch_age` (now − epoch).
+    pub records: IntGaugeVec,
+    /// Value bytes accepted per live epoch, by `epoch_age`.
+    pub bytes: IntGaugeVec,
+    /// GC runs.
+    pub gc_runs: IntCounter,
+    /// Epoch partitions dropped.
+    pub gc_epochs_dropped: IntCounter,
+    /// GC duration.
+    pub gc_seconds: Histogram,
+    /// Unix time of the last successful GC.
+    pub gc_last_success: Gauge,
+    /// WAL syncs done by the periodic policy.
+    pub wal_syncs: IntCounter,
+    /// Disciplined clock minus system clock.
+    pub time_offset_seconds: Gauge,
+    /// The clock's estimated error.
+    pub time_uncertainty_seconds: Gauge,
+    /// Time servers that answered the last poll.
+    pub ntp_servers_reachable: IntGauge,
+    /// 1 when time servers discipline the clock.
+    pub ntp_synced: IntGauge,
+    /// The current epoch.
+    pub epoch: IntGauge,
+    /// Process start, Unix seconds.
+    pub start_time_seconds: Gauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let lat = vec![5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0];
+        let m = Metrics {
+            requests: reg(
+                &r,
+                IntCounterVec::new(Opts::new("tarn_requests_total", "Client requests by type and outcome"), &["type", "outcome"])
+                    .expect("valid"),
+            ),
+            request_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("tarn_request_duration_seconds", "Request latency inside the node").buckets(lat.clone()),
+                    &["type"],
+                )
+                .expect("valid"),
+            ),
+            storage_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("tarn_storage_duration_seconds", "Time in the storage engine (blocking boundary)")
+                        .buckets(lat),
+                    &["op"],
+                )
+                .expect("valid"),
+            ),
+            batch_size: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("tarn_insert_batch_size", "Inserts per group commit")
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+                )
+                .expect("valid"),
+            ),
+            connections_open: reg(&r, IntGauge::new("tarn_connections_open", "Open client connections").expect("valid")),
+            connections_total: reg(&r, IntCounter::new("tarn_connections_total", "Connections accepted").expect("valid")),
+            connections_refused: reg(
+                &r,
+                IntCounter::new("tarn_connections_refused_total", "Connections refused at max_connections").expect("valid"),
+            ),
+            rejected: reg(
+                &r,
+                IntCounterVec::new(Opts::new("tarn_rejected_total", "Frames or connections rejected, by reason"), &["reason"])
+                    .expect("valid"),
+            ),
+            records: reg(
+                &r,
+                IntGaugeVec::new(Opts::new("tarn_store_records", "Values accepted per live epoch, by epoch age"), &["epoch_age"])
+                    .expect("valid"),
+            ),
+            bytes: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("tarn_store_bytes", "Value bytes accepted per live epoch, by epoch age"),
+                    &["epoch_age"],
+                )
+                .expect("valid"),
+            ),
+            gc_runs: reg(&r, IntCounter::new("tarn_gc_runs_total", "Garbage collection runs").expect("valid")),
+            gc_epochs_dropped: reg(
+                &r,
+                IntCounter::new("tarn_gc_epochs_dropped_total", "Epoch partitions dropped").expect("valid"),
+            ),
+            gc_seconds: reg(
+                &r,
+                Histogram::with_opts(HistogramOpts::new("tarn_gc_duration_seconds", "Garbage collection duration"))
+                    .expect("valid"),
+            ),
+            gc_last_success: reg(
+                &r,
+                Gauge::new("tarn_gc_last_success_timestamp_seconds", "Unix time of the last successful GC").expect("valid"),
+            ),
+            wal_syncs: reg(&r, IntCounter::new("tarn_wal_syncs_total", "Periodic WAL syncs").expect("valid")),
+            time_offset_seconds: reg(
+                &r,
+                Gauge::new("tarn_time_offset_seconds", "Disciplined clock minus system clock").expect("valid"),
+            ),
+            time_uncertainty_seconds: reg(
+                &r,
+                Gauge::new("tarn_time_uncertainty_seconds", "Estimated error of the disciplined clock").expect("valid"),
+            ),
+            ntp_servers_reachable: reg(
+                &r,
+                IntGauge::new("tarn_ntp_servers_reachable", "Time servers that answered the last poll").expect("valid"),
+            ),
+            ntp_synced: reg(&r, IntGauge::new("tarn_ntp_synced", "1 when time servers discipline the clock").expect("valid")),
+            epoch: reg(&r, IntGauge::new("tarn_epoch", "The node's current epoch").expect("valid")),
+            start_time_seconds: reg(
+                &r,
+                Gauge::new("tarn_start_time_seconds", "Process start time, Unix seconds").expect("valid"),
+            ),
+            registry: r,
+        };
+        let info = IntGaugeVec::new(Opts::new("tarn_build_info", "Build information"), &["version"]).expect("valid");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.registry.register(Box::new(info)).expect("unique");
+        Arc::new(m)
+    }
+
+    /// Updates the gauges that are read from the store and clock, then renders the text format.
+    pub fn render(&self, store: &dyn Store, clock: &Clock, epoch_secs: u64) -> String {
+        let now = clock.now();
+        let now_epoch = Epoch::at_unix_ns(now.unix_ns, epoch_secs);
+        self.epoch.set(now_epoch.0 as i64);
+        self.time_offset_seconds.set(clock.offset_ns() as f64 / 1e9);
+        self.time_uncertainty_seconds.set(now.uncertainty_ns as f64 / 1e9);
+        self.ntp_synced.set(now.synced as i64);
+        self.ntp_servers_reachable.set(clock.reachable_servers() as i64);
+        self.records.reset();
+        self.bytes.reset();
+        for e in store.stats().epochs {
+            let age = (now_epoch.0 as i64 - e.epoch.0 as i64).to_string();
+            self.records.with_label_values(&[&age]).add(e.records as i64);
+            self.bytes.with_label_values(&[&age]).add(e.bytes as i64);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Serves `/metrics` until the server is unblocked (one thread; scrapes are rare).
+pub fn serve_shared(
+    server: &tiny_http::Server,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    clock: Arc<Clock>,
+    epoch_secs: u64,
+) {
+    for req in server.incoming_requests() {
+        let resp = if req.url() == "/metrics" {
+            let body = metrics.render(store.as_ref(), &clock, epoch_secs);
+            tiny_http::Response::from_string(body).with_header(
+                "Content-Type: text/plain; version=0.0.4".parse::<tiny_http::Header>().expect("valid header"),
+            )
+        } else {
+            tiny_http::Response::from_string("tarnd: see /metrics\n").with_status_code(404)
+        };
+        let _ = req.respond(resp);
+    }
+}

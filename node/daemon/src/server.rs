@@ -1,0 +1,639 @@
+//! The thread-per-core server: one glommio executor per core, each accepting on the same port
+//! (SO_REUSEPORT) and serving its connections to completion.
+//!
+//! Per connection: read into a buffer, frame with the shared sans-IO codec, answer every
+//! complete frame, write replies. Inserts that arrive in one turn of a connection are handed to
+//! the core's group-commit queue; a flusher task writes everything queued in one store batch
+//! on glommio's blocking pool (the storage boundary, timed as `tarn_storage_duration_seconds`),
+//! so fsync never runs on the executor. Replies carry request ids and may be reordered, but a
+//! read that follows an insert on the same connection waits for that insert to commit.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use tarn_proto::frame::{self, Parsed, HEADER_LEN};
+use tarn_proto::msg::{self, ErrorCode, FailCause, InsertReply, RetrieveReply};
+use tarn_proto::{Decoder, Epoch, Id, Key, Message, NetworkId};
+use tarn_store::{PutItem, Store, StoreError};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::timesync::Clock;
+
+/// State shared by every core (read-only after start-up except for the shutdown flag).
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub cfg: Config,
+    /// The record store.
+    pub store: Arc<dyn Store>,
+    /// The disciplined clock.
+    pub clock: Arc<Clock>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// This node's ring id.
+    pub node_id: Id,
+    /// This node's public key.
+    pub public_key: [u8; 32],
+    /// The network's id.
+    pub network: NetworkId,
+    /// Address given in NODE_LIST.
+    pub advertise: String,
+    /// Process start.
+    pub started: Instant,
+    /// Executors serving.
+    pub cores: usize,
+    /// Set once to stop: cores stop accepting, finish in-flight requests and return.
+    pub shutdown: AtomicBool,
+}
+
+impl Shared {
+    fn now_epoch(&self) -> Epoch {
+        Epoch::at_unix_ns(self.clock.now().unix_ns, self.cfg.epoch_secs)
+    }
+}
+
+/// An insert waiting for its group commit.
+#[derive(Debug)]
+struct OwnedPut {
+    epoch: Epoch,
+    key: Key,
+    stamp: u64,
+    value: Vec<u8>,
+}
+
+/// A connection's inserts, committed together; `done` receives one result per insert.
+struct Job {
+    items: Vec<OwnedPut>,
+    done: futures_channel::oneshot::Sender<Vec<Result<(), StoreError>>>,
+}
+
+/// Pre-resolved metric children for the hot path (no label hashing per request).
+struct CoreMetrics {
+    insert_ok: prometheus::IntCounter,
+    retrieve_found: prometheus::IntCounter,
+    retrieve_not_found: prometheus::IntCounter,
+    insert_seconds: prometheus::Histogram,
+    retrieve_seconds: prometheus::Histogram,
+    put_seconds: prometheus::Histogram,
+    get_seconds: prometheus::Histogram,
+}
+
+/// One core's state. Lives in an `Rc` on its executor; nothing here is shared across threads.
+struct Core {
+    shared: Arc<Shared>,
+    m: CoreMetrics,
+    /// Inserts waiting for the flusher; connections push, the flusher drains.
+    queue: RefCell<Vec<Job>>,
+    /// Wakes the flusher after a push. Dropping every sender ends the flusher.
+    wake: LocalSender<()>,
+    /// Open connections' fds, so shutdown can unblock their reads. An entry is removed before
+    /// its stream is dropped, so a listed fd is always open.
+    conns: RefCell<HashMap<u64, RawFd>>,
+    next_conn: Cell<u64>,
+    conn_limit: usize,
+    last_stamp: Cell<u64>,
+}
+
+impl Core {
+    /// A strictly increasing stamp from the disciplined clock.
+    fn stamp(&self) -> u64 {
+        let s = self.shared.clock.now().unix_ns.max(self.last_stamp.get() + 1);
+        self.last_stamp.set(s);
+        s
+    }
+
+    async fn commit(&self, items: Vec<OwnedPut>) -> Vec<Result<(), StoreError>> {
+        let n = items.len();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.borrow_mut().push(Job { items, done: tx });
+        let _ = self.wake.try_send(());
+        rx.await.unwrap_or_else(|_| {
+            vec![Err(StoreError::Engine { op: "put", detail: "group commit abandoned".into() }); n]
+        })
+    }
+}
+
+/// Drains the queue into one store batch per round, off the executor.
+async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
+    while wake.recv().await.is_some() {
+        loop {
+            let jobs = std::mem::take(&mut *core.queue.borrow_mut());
+            if jobs.is_empty() {
+                break;
+            }
+            let mut sizes = Vec::with_capacity(jobs.len());
+            let mut senders = Vec::with_capacity(jobs.len());
+            let mut all = Vec::new();
+            for j in jobs {
+                sizes.push(j.items.len());
+                senders.push(j.done);
+                all.extend(j.items);
+            }
+            core.shared.metrics.batch_size.observe(all.len() as f64);
+            let store = core.shared.store.clone();
+            let started = Instant::now();
+            let mut results = glommio::executor()
+                .spawn_blocking(move || {
+                    let items: Vec<PutItem<'_>> = all
+                        .iter()
+                        .map(|p| PutItem { epoch: p.epoch, key: p.key, stamp: p.stamp, value: &p.value })
+                        .collect();
+                    store.put_batch(&items)
+                })
+                .await;
+            core.m.put_seconds.observe(started.elapsed().as_secs_f64());
+            for (size, tx) in sizes.into_iter().zip(senders).rev() {
+                let mine = results.split_off(results.len() - size);
+                let _ = tx.send(mine);
+            }
+        }
+    }
+}
+
+/// Binds the client listeners: one SO_REUSEPORT socket per core on the same address. Refuses
+/// when another process already listens there (a plain bind without SO_REUSEPORT is tried
+/// first, which fails if anyone holds the port). Port 0 resolves to one free port for all.
+pub fn bind_listeners(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let domain = Domain::for_address(addr);
+    let probe = Socket::new(domain, Type::STREAM, None)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (is another tarnd running?)"))
+    })?;
+    let resolved = probe.local_addr()?.as_socket().expect("inet address");
+    drop(probe);
+    (0..n)
+        .map(|_| {
+            let s = Socket::new(domain, Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_nodelay(true)?;
+            s.bind(&resolved.into())?;
+            s.listen(1024)?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+/// Runs one core until shutdown: accept, serve, drain.
+pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
+    use std::os::fd::IntoRawFd;
+    let listen_fd = listener.as_raw_fd();
+    // SAFETY: the fd comes from a bound, listening socket we own and hand over here.
+    let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
+    let metrics = &shared.metrics;
+    let m = CoreMetrics {
+        insert_ok: metrics.requests.with_label_values(&["insert", "ok"]),
+        retrieve_found: metrics.requests.with_label_values(&["retrieve", "found"]),
+        retrieve_not_found: metrics.requests.with_label_values(&["retrieve", "not_found"]),
+        insert_seconds: metrics.request_seconds.with_label_values(&["insert"]),
+        retrieve_seconds: metrics.request_seconds.with_label_values(&["retrieve"]),
+        put_seconds: metrics.storage_seconds.with_label_values(&["put_batch"]),
+        get_seconds: metrics.storage_seconds.with_label_values(&["get"]),
+    };
+    let (wake_tx, wake_rx) = local_channel::new_unbounded();
+    let core = Rc::new(Core {
+        conn_limit: shared.cfg.max_connections.div_ceil(shared.cores).max(1),
+        shared,
+        m,
+        queue: RefCell::new(Vec::new()),
+        wake: wake_tx,
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+        last_stamp: Cell::new(0),
+    });
+    let flusher_task = glommio::spawn_local(flusher(core.clone(), wake_rx));
+    let watcher = glommio::spawn_local({
+        let core = core.clone();
+        async move {
+            while !core.shared.shutdown.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            // Unblock accept and every read; connections answer what they have read and end.
+            // SAFETY: shutdown(2) on fds that are open (listed fds are removed before close).
+            unsafe {
+                libc::shutdown(listen_fd, libc::SHUT_RD);
+                for fd in core.conns.borrow().values() {
+                    libc::shutdown(*fd, libc::SHUT_RD);
+                }
+            }
+        }
+    });
+
+    loop {
+        let accepted = listener.accept().await;
+        if core.shared.shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        core.shared.metrics.connections_total.inc();
+        if core.conns.borrow().len() >= core.conn_limit {
+            core.shared.metrics.connections_refused.inc();
+            glommio::spawn_local(refuse(stream)).detach();
+            continue;
+        }
+        glommio::spawn_local(serve(core.clone(), stream)).detach();
+    }
+    // Drain: wait for connections to finish what they have read (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !core.conns.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    watcher.await;
+    drop(flusher_task);
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut out = Vec::new();
+    if frame::encode(0, &Message::error(ErrorCode::Overloaded, "connection limit reached"), &mut out).is_ok() {
+        let _ = stream.write_all(&out).await;
+    }
+    let _ = stream.close().await;
+}
+
+async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let id = core.next_conn.get();
+    core.next_conn.set(id + 1);
+    core.conns.borrow_mut().insert(id, stream.as_raw_fd());
+    core.shared.metrics.connections_open.inc();
+    let mut conn = Conn::new(core.clone(), stream);
+    conn.run().await;
+    core.conns.borrow_mut().remove(&id);
+    core.shared.metrics.connections_open.dec();
+    drop(conn);
+}
+
+struct Conn {
+    core: Rc<Core>,
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    start: usize,
+    end: usize,
+    wbuf: Vec<u8>,
+    decoder: Decoder,
+    hello_done: bool,
+    /// When the oldest incomplete frame in `rbuf` began arriving.
+    partial_since: Option<Instant>,
+    /// Inserts read but not yet committed: (request id, arrival, put).
+    pending: Vec<(u64, Instant, OwnedPut)>,
+}
+
+/// How a connection ends.
+enum End {
+    /// Keep serving.
+    Continue,
+    /// Reply written (or attempted); close.
+    Close,
+}
+
+impl Conn {
+    fn new(core: Rc<Core>, stream: TcpStream) -> Conn {
+        Conn {
+            core,
+            stream,
+            rbuf: vec![0; 16 * 1024],
+            start: 0,
+            end: 0,
+            wbuf: Vec::with_capacity(16 * 1024),
+            decoder: Decoder::new(),
+            hello_done: false,
+            partial_since: None,
+            pending: Vec::new(),
+        }
+    }
+
+    fn reply(&mut self, request_id: u64, msg: &Message) {
+        if let Err(e) = frame::encode(request_id, msg, &mut self.wbuf) {
+            tracing::error!(error = %e, "cannot encode a reply");
+        }
+    }
+
+    fn reject(&mut self, request_id: u64, code: ErrorCode, detail: String) -> End {
+        self.core.shared.metrics.rejected.with_label_values(&[reason_label(code)]).inc();
+        self.reply(request_id, &Message::error(code, detail));
+        if code.is_fatal() {
+            End::Close
+        } else {
+            End::Continue
+        }
+    }
+
+    async fn run(&mut self) {
+        let cfg = &self.core.shared.cfg;
+        let (frame_timeout, idle_timeout) = (cfg.frame_timeout, cfg.idle_timeout);
+        let _ = self.stream.set_write_timeout(Some(frame_timeout));
+        loop {
+            let end = self.process().await;
+            if !self.wbuf.is_empty() {
+                if self.stream.write_all(&self.wbuf).await.is_err() {
+                    return;
+                }
+                self.wbuf.clear();
+            }
+            if let End::Close = end {
+                let _ = self.stream.close().await;
+                return;
+            }
+            // Make room: compact, then grow up to what the pending frame needs.
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+                self.partial_since = None;
+            } else if self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
+            }
+            if self.start > 0 && self.rbuf.len() - self.end < 4096 {
+                self.rbuf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.rbuf.len() {
+                let cap = HEADER_LEN + self.core.shared.cfg.max_frame_bytes as usize;
+                let want = (self.rbuf.len() * 2).min(cap.max(self.rbuf.len()));
+                self.rbuf.resize(want, 0);
+            }
+            let timeout = match self.partial_since {
+                Some(t) => match frame_timeout.checked_sub(t.elapsed()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => {
+                        self.frame_timed_out().await;
+                        return;
+                    }
+                },
+                None => idle_timeout,
+            };
+            let _ = self.stream.set_read_timeout(Some(timeout));
+            match self.stream.read(&mut self.rbuf[self.end..]).await {
+                Ok(0) => return,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    if self.partial_since.is_some() {
+                        self.frame_timed_out().await;
+                    }
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn frame_timed_out(&mut self) {
+        let _ = self.reject(0, ErrorCode::Timeout, "frame not completed in time".into());
+        let _ = self.stream.write_all(&self.wbuf).await;
+        let _ = self.stream.close().await;
+    }
+
+    /// Answers every complete frame in the buffer.
+    async fn process(&mut self) -> End {
+        let max = self.core.shared.cfg.max_frame_bytes;
+        loop {
+            let (request_id, decoded) = match frame::parse_frame(&self.rbuf[self.start..self.end], max) {
+                Ok(Parsed::Incomplete { .. }) => break,
+                Ok(Parsed::Frame(f)) => {
+                    let decoded = self.decoder.decode(&f);
+                    self.start += f.wire_len();
+                    // The frame deadline runs per frame: what remains is a new frame.
+                    self.partial_since = None;
+                    (f.header.request_id, decoded)
+                }
+                Err(fe) => {
+                    self.commit_pending().await;
+                    return self.reject(fe.request_id(), fe.code(), fe.to_string());
+                }
+            };
+            let end = match decoded {
+                Ok(msg) => self.handle(request_id, msg).await,
+                Err(be) => self.reject(request_id, be.code(), be.to_string()),
+            };
+            if let End::Close = end {
+                self.commit_pending().await;
+                return End::Close;
+            }
+            // A long pipelined burst must not starve the core's other connections.
+            glommio::yield_if_needed().await;
+        }
+        self.commit_pending().await;
+        End::Continue
+    }
+
+    async fn handle(&mut self, request_id: u64, msg: Message) -> End {
+        let arrived = Instant::now();
+        let shared = self.core.shared.clone();
+        if !self.hello_done {
+            let Message::Hello(h) = msg else {
+                return self.reject(request_id, ErrorCode::HelloRequired, "the first frame must be a hello".into());
+            };
+            if h.network != shared.network {
+                return self.reject(request_id, ErrorCode::NetworkMismatch, "this node belongs to another network".into());
+            }
+            if h.epoch_len_secs != 0 && h.epoch_len_secs != shared.cfg.epoch_secs {
+                return self.reject(
+                    request_id,
+                    ErrorCode::EpochLenMismatch,
+                    format!("this network's epoch length is {} s", shared.cfg.epoch_secs),
+                );
+            }
+            self.hello_done = true;
+            shared.metrics.requests.with_label_values(&["hello", "ok"]).inc();
+            self.reply(request_id, &hello_ack(&shared));
+            return End::Continue;
+        }
+        match msg {
+            Message::Insert(ins) => {
+                let now = shared.now_epoch();
+                let fail = if !ins.epoch.in_client_window(now) {
+                    Some(FailCause::EpochOutOfWindow { now })
+                } else if ins.value.len() > shared.cfg.max_value_bytes as usize {
+                    Some(FailCause::TooLarge { max: shared.cfg.max_value_bytes })
+                } else {
+                    None
+                };
+                if let Some(cause) = fail {
+                    shared.metrics.requests.with_label_values(&["insert", cause_label(&cause)]).inc();
+                    self.reply(request_id, &Message::InsertReply(InsertReply::Failed(cause)));
+                } else {
+                    let stamp = self.core.stamp();
+                    self.pending.push((request_id, arrived, OwnedPut { epoch: ins.epoch, key: ins.key, stamp, value: ins.value }));
+                }
+            }
+            Message::Retrieve(r) => {
+                self.commit_pending().await;
+                let store = shared.store.clone();
+                let t = Instant::now();
+                let got = store.get(r.epoch, &r.key);
+                self.core.m.get_seconds.observe(t.elapsed().as_secs_f64());
+                let reply = match got {
+                    Ok(v) if v.is_empty() => {
+                        self.core.m.retrieve_not_found.inc();
+                        RetrieveReply::NotFound
+                    }
+                    Ok(v) => {
+                        self.core.m.retrieve_found.inc();
+                        RetrieveReply::Found(v.into_iter().map(|s| s.value).collect())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "retrieve failed in the store");
+                        shared.metrics.requests.with_label_values(&["retrieve", "internal"]).inc();
+                        RetrieveReply::Failed(FailCause::Internal)
+                    }
+                };
+                self.reply(request_id, &Message::RetrieveReply(reply));
+                self.core.m.retrieve_seconds.observe(arrived.elapsed().as_secs_f64());
+            }
+            Message::TimeSync => {
+                let now = shared.clock.now();
+                shared.metrics.requests.with_label_values(&["time_sync", "ok"]).inc();
+                self.reply(
+                    request_id,
+                    &Message::TimeReply(msg::TimeReply {
+                        unix_ns: now.unix_ns,
+                        uncertainty_ns: now.uncertainty_ns,
+                        epoch_len_secs: shared.cfg.epoch_secs,
+                        ntp_synced: now.synced,
+                    }),
+                );
+            }
+            Message::NodeList(req) => {
+                shared.metrics.requests.with_label_values(&["node_list", "ok"]).inc();
+                let mut nodes = vec![msg::NodeInfo {
+                    id: shared.node_id,
+                    public_key: shared.public_key,
+                    address: shared.advertise.clone(),
+                }];
+                nodes.truncate(req.max as usize);
+                self.reply(request_id, &Message::NodeListReply(msg::NodeListReply { nodes }));
+            }
+            Message::Status => {
+                self.commit_pending().await;
+                shared.metrics.requests.with_label_values(&["status", "ok"]).inc();
+                self.reply(request_id, &Message::StatusReply(status(&shared)));
+            }
+            Message::Hello(_) => {
+                self.reply(request_id, &hello_ack(&shared));
+            }
+            other => {
+                return self.reject(
+                    request_id,
+                    ErrorCode::UnknownKind,
+                    format!("{:?} is not a request a node accepts", other.kind()),
+                );
+            }
+        }
+        End::Continue
+    }
+
+    /// Commits the inserts read so far as one group and writes their replies.
+    async fn commit_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut meta = Vec::with_capacity(pending.len());
+        let mut items = Vec::with_capacity(pending.len());
+        for (id, t, put) in pending {
+            meta.push((id, t, put.epoch));
+            items.push(put);
+        }
+        let results = self.core.commit(items).await;
+        let shared = self.core.shared.clone();
+        for ((request_id, t, epoch), r) in meta.into_iter().zip(results) {
+            let reply = match r {
+                Ok(()) => {
+                    self.core.m.insert_ok.inc();
+                    InsertReply::Stored { copies: 1 }
+                }
+                Err(e) => {
+                    let cause = match e {
+                        StoreError::TooLarge { max, .. } => FailCause::TooLarge { max },
+                        StoreError::OverQuota { .. } => FailCause::OverQuota,
+                        StoreError::Expired { .. } => FailCause::EpochOutOfWindow { now: shared.now_epoch() },
+                        StoreError::Engine { .. } | StoreError::Corrupt { .. } => {
+                            tracing::error!(error = %e, epoch = epoch.0, "insert failed in the store");
+                            FailCause::Internal
+                        }
+                    };
+                    shared.metrics.requests.with_label_values(&["insert", cause_label(&cause)]).inc();
+                    InsertReply::Failed(cause)
+                }
+            };
+            self.reply(request_id, &Message::InsertReply(reply));
+            self.core.m.insert_seconds.observe(t.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn hello_ack(shared: &Shared) -> Message {
+    Message::HelloAck(msg::HelloAck {
+        version: tarn_proto::PROTOCOL_VERSION,
+        network: shared.network,
+        epoch_len_secs: shared.cfg.epoch_secs,
+        node_id: shared.node_id,
+        public_key: shared.public_key,
+        max_frame_bytes: shared.cfg.max_frame_bytes,
+    })
+}
+
+/// The node's status, as `tarnctl status` shows it.
+pub fn status(shared: &Shared) -> msg::StatusReply {
+    let now = shared.clock.now();
+    msg::StatusReply {
+        node_id: shared.node_id,
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: shared.started.elapsed().as_secs(),
+        epoch_len_secs: shared.cfg.epoch_secs,
+        now_epoch: Epoch::at_unix_ns(now.unix_ns, shared.cfg.epoch_secs),
+        time_offset_ns: shared.clock.offset_ns(),
+        ntp_synced: now.synced,
+        cores: shared.cores as u32,
+        epochs: shared
+            .store
+            .stats()
+            .epochs
+            .into_iter()
+            .map(|e| msg::EpochStat { epoch: e.epoch, records: e.records, bytes: e.bytes })
+            .collect(),
+    }
+}
+
+fn cause_label(c: &FailCause) -> &'static str {
+    match c {
+        FailCause::NotInRange => "not_in_range",
+        FailCause::TooLarge { .. } => "too_large",
+        FailCause::KeyFull => "key_full",
+        FailCause::OverQuota => "over_quota",
+        FailCause::EpochOutOfWindow { .. } => "epoch_out_of_window",
+        FailCause::Overloaded => "overloaded",
+        FailCause::Internal => "internal",
+    }
+}
+
+fn reason_label(c: ErrorCode) -> &'static str {
+    match c {
+        ErrorCode::UnsupportedVersion => "unsupported_version",
+        ErrorCode::FrameTooLarge => "frame_too_large",
+        ErrorCode::UnknownKind => "unknown_kind",
+        ErrorCode::InvalidBody => "invalid_body",
+        ErrorCode::HelloRequired => "hello_required",
+        ErrorCode::NetworkMismatch => "network_mismatch",
+        ErrorCode::EpochLenMismatch => "epoch_len_mismatch",
+        ErrorCode::Overloaded => "overloaded",
+        ErrorCode::Timeout => "timeout",
+    }
+}

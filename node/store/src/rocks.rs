@@ -1,0 +1,345 @@
+//! The RocksDB [`Store`]: one column family per epoch, values merged by a merge operator.
+//!
+//! Design notes (the traps the foundation issue lists):
+//! - **Partition per epoch.** Column family `e-<epoch>`; expiring an epoch is `drop_cf`, whose
+//!   cost does not grow with the records in it.
+//! - **Blind writes.** An insert is a `merge` of a one-entry value set; the merge operator
+//!   ([`crate::valueset::merge`]) enforces `max_values_per_key` and collapses duplicates when
+//!   RocksDB folds operands on read or compaction.
+//! - **Multi-threaded column families.** The DB is opened in RocksDB's multi-threaded mode so
+//!   partitions are created and dropped while other threads read and write; the node's
+//!   maintenance owner creates the next epochs' partitions ahead of time
+//!   ([`Store::prepare_epochs`]). Reopening lists the existing partitions.
+//! - **WAL.** `max_total_wal_size` is bounded so small old partitions cannot pin the shared WAL.
+//!   The [`WalPolicy`] decides whether a write waits for fsync; the periodic policy leaves
+//!   fsync to [`Store::sync`], called off the request path.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, MultiThreaded, Options, WriteBatch, WriteOptions};
+use tarn_proto::{Epoch, Id, Key};
+
+use crate::store::{ring_ranges, DropReport, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats};
+use crate::{valueset, EpochStats, StampedValue, StoreError};
+
+type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
+
+const CF_PREFIX: &str = "e-";
+const MERGE_NAME: &str = "tarn-valueset-v1";
+
+/// When a write is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalPolicy {
+    /// No write-ahead log: fastest, and every record since the last memtable flush is lost on a
+    /// crash. Only for benchmarks' upper bounds.
+    Disabled,
+    /// The WAL is written (survives a process crash or `kill -9`) but never synced by tarn
+    /// (a power loss may lose what the OS had not written back).
+    NoSync,
+    /// The WAL is written for every batch and synced by [`Store::sync`] on a timer (default:
+    /// every second, like Redis `appendfsync everysec`): a power loss loses at most one interval.
+    Periodic,
+    /// Every batch is synced before it is acknowledged: nothing acknowledged is lost even on
+    /// power loss; each group commit pays one fsync.
+    EveryWrite,
+}
+
+/// Options of the RocksDB store.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Record limits.
+    pub limits: Limits,
+    /// Durability policy.
+    pub wal: WalPolicy,
+    /// Block cache shared by all partitions.
+    pub block_cache_bytes: usize,
+    /// Memtable budget shared by all partitions.
+    pub write_buffer_bytes: usize,
+    /// Bound on the total WAL size (forces flushes of old partitions that would pin it).
+    pub max_total_wal_bytes: u64,
+}
+
+impl Default for RocksOptions {
+    fn default() -> RocksOptions {
+        RocksOptions {
+            limits: Limits::default(),
+            wal: WalPolicy::Periodic,
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 128 << 20,
+            max_total_wal_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The RocksDB-backed store.
+pub struct RocksStore {
+    db: Db,
+    path: PathBuf,
+    opts: RocksOptions,
+    cf_opts: Options,
+    write_opts: WriteOptions,
+    ledger: Mutex<Ledger>,
+    /// Serialises partition creation and dropping (the slow path); never taken by reads, and by
+    /// writes only when a partition is missing.
+    partitions: Mutex<()>,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore").field("path", &self.path).field("opts", &self.opts).finish_non_exhaustive()
+    }
+}
+
+fn cf_name(e: Epoch) -> String {
+    format!("{CF_PREFIX}{:020}", e.0)
+}
+
+fn parse_cf_name(name: &str) -> Option<Epoch> {
+    name.strip_prefix(CF_PREFIX)?.parse().ok().map(Epoch)
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store at `path`, listing and reopening every existing partition
+    /// and recounting its figures (a scan whose cost grows with the data held; it runs once at
+    /// start-up).
+    pub fn open(path: &Path, opts: RocksOptions) -> Result<RocksStore, StoreError> {
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_block_size(4096);
+
+        let max_values = opts.limits.max_values_per_key as usize;
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        // Values are sealed ciphertext: compression would only burn CPU.
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        cf_opts.set_merge_operator_associative(MERGE_NAME, move |_key, existing, operands| {
+            Some(valueset::merge(existing.into_iter().chain(operands.iter()), max_values))
+        });
+        cf_opts.set_write_buffer_size(16 << 20);
+
+        let mut db_opts = cf_opts.clone();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_total_wal_size(opts.max_total_wal_bytes);
+        db_opts.set_db_write_buffer_size(opts.write_buffer_bytes);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(4);
+
+        let existing = if path.join("CURRENT").exists() {
+            Db::list_cf(&db_opts, path).map_err(|e| StoreError::engine("list partitions", e))?
+        } else {
+            Vec::new()
+        };
+        let descriptors = existing
+            .iter()
+            .filter(|n| n.as_str() != rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()))
+            .collect::<Vec<_>>();
+        let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| StoreError::engine("open", e))?;
+
+        let mut write_opts = WriteOptions::default();
+        match opts.wal {
+            WalPolicy::Disabled => write_opts.disable_wal(true),
+            WalPolicy::NoSync | WalPolicy::Periodic => write_opts.set_sync(false),
+            WalPolicy::EveryWrite => write_opts.set_sync(true),
+        }
+
+        let store = RocksStore {
+            db,
+            path: path.to_owned(),
+            opts,
+            cf_opts,
+            write_opts,
+            ledger: Mutex::new(Ledger::default()),
+            partitions: Mutex::new(()),
+        };
+        store.recount()?;
+        Ok(store)
+    }
+
+    fn recount(&self) -> Result<(), StoreError> {
+        let mut ledger = self.ledger();
+        for epoch in self.list_epochs() {
+            let cf = self.db.cf_handle(&cf_name(epoch)).ok_or_else(|| StoreError::engine("open", "partition vanished"))?;
+            let mut stats = EpochStats { epoch, ..Default::default() };
+            for item in self.db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+                let (_, v) = item.map_err(|e| StoreError::engine("open", e))?;
+                let (n, b) = valueset::measure(&v);
+                stats.records += n;
+                stats.bytes += b;
+            }
+            ledger.total_bytes += stats.bytes;
+            ledger.epochs.insert(epoch, stats);
+        }
+        if let Some(first) = ledger.epochs.keys().next().copied() {
+            ledger.floor = first;
+        }
+        Ok(())
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        // Ledger updates complete without panicking, so a poisoned lock is still consistent.
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn list_epochs(&self) -> Vec<Epoch> {
+        let mut v: Vec<Epoch> = Db::list_cf(&Options::default(), &self.path)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| parse_cf_name(n))
+            .filter(|e| self.db.cf_handle(&cf_name(*e)).is_some())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Creates the partition for `epoch` unless it exists or has expired.
+    fn ensure_partition(&self, epoch: Epoch) -> Result<(), StoreError> {
+        let name = cf_name(epoch);
+        if self.db.cf_handle(&name).is_some() {
+            return Ok(());
+        }
+        let _guard = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        let floor = self.ledger().floor;
+        if epoch < floor {
+            return Err(StoreError::Expired { epoch, oldest_live: floor });
+        }
+        if self.db.cf_handle(&name).is_none() {
+            self.db.create_cf(&name, &self.cf_opts).map_err(|e| StoreError::engine("create partition", e))?;
+        }
+        Ok(())
+    }
+
+    /// The path the store lives at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An integer RocksDB property summed over live partitions (e.g. `rocksdb.total-sst-files-size`),
+    /// for metrics.
+    pub fn property_sum(&self, name: &str) -> u64 {
+        self.list_epochs()
+            .iter()
+            .filter_map(|e| self.db.cf_handle(&cf_name(*e)))
+            .filter_map(|cf| self.db.property_int_value_cf(&cf, name).ok().flatten())
+            .sum()
+    }
+}
+
+impl Store for RocksStore {
+    fn put_batch(&self, items: &[PutItem<'_>]) -> Vec<Result<(), StoreError>> {
+        let mut results = self.ledger().admit(items, &self.opts.limits);
+        let mut batch = WriteBatch::default();
+        let mut operand = Vec::with_capacity(64 + 1024);
+        let mut written = Vec::with_capacity(items.len());
+        for (i, it) in items.iter().enumerate() {
+            if results[i].is_err() {
+                continue;
+            }
+            let handle = match self.ensure_partition(it.epoch) {
+                Ok(()) => self.db.cf_handle(&cf_name(it.epoch)),
+                Err(e) => {
+                    results[i] = Err(e);
+                    self.ledger().release(items, std::iter::once(i));
+                    continue;
+                }
+            };
+            let Some(cf) = handle else {
+                // Dropped between creation and now: the epoch has just expired.
+                let floor = self.ledger().floor;
+                results[i] = Err(StoreError::Expired { epoch: it.epoch, oldest_live: floor });
+                self.ledger().release(items, std::iter::once(i));
+                continue;
+            };
+            operand.clear();
+            valueset::encode_one(it.stamp, it.value, &mut operand);
+            batch.merge_cf(&cf, it.key.0, &operand);
+            written.push(i);
+        }
+        if written.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.db.write_opt(batch, &self.write_opts) {
+            let err = StoreError::engine("put", e);
+            self.ledger().release(items, written.iter().copied());
+            for i in written {
+                results[i] = Err(err.clone());
+            }
+        }
+        results
+    }
+
+    fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError> {
+        let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
+            return Ok(Vec::new());
+        };
+        match self.db.get_pinned_cf(&cf, key.0) {
+            Ok(Some(bytes)) => valueset::decode(&bytes).map_err(|e| StoreError::Corrupt { offset: e.offset }),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(StoreError::engine("get", e)),
+        }
+    }
+
+    fn prepare_epochs(&self, from: Epoch, to: Epoch) -> Result<(), StoreError> {
+        let floor = self.ledger().floor;
+        let mut e = from.max(floor);
+        while e <= to {
+            self.ensure_partition(e)?;
+            self.ledger().epochs.entry(e).or_insert(EpochStats { epoch: e, ..Default::default() });
+            e = e.next();
+        }
+        Ok(())
+    }
+
+    fn drop_epochs_before(&self, oldest_live: Epoch) -> Result<DropReport, StoreError> {
+        let _guard = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        let records = self.ledger().expire_before(oldest_live);
+        let mut dropped = Vec::new();
+        for epoch in self.list_epochs().into_iter().filter(|e| *e < oldest_live) {
+            self.db.drop_cf(&cf_name(epoch)).map_err(|e| StoreError::engine("drop", e))?;
+            dropped.push(epoch);
+        }
+        Ok(DropReport { dropped, records })
+    }
+
+    fn scan_range(&self, after: Id, upto: Id, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError> {
+        for epoch in self.list_epochs() {
+            let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else { continue };
+            for (start, end) in ring_ranges(after, upto) {
+                let mode = rocksdb::IteratorMode::From(&start.0, rocksdb::Direction::Forward);
+                for item in self.db.iterator_cf(&cf, mode) {
+                    let (k, v) = item.map_err(|e| StoreError::engine("scan", e))?;
+                    let Ok(kb) = <[u8; 32]>::try_from(&k[..]) else { continue };
+                    if kb > end.0 {
+                        break;
+                    }
+                    let values = valueset::decode(&v).map_err(|e| StoreError::Corrupt { offset: e.offset })?;
+                    if visit(epoch, Key(kb), &values) == ControlFlow::Break(()) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn live_epochs(&self) -> Vec<Epoch> {
+        self.list_epochs()
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.ledger().stats()
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        if self.opts.wal == WalPolicy::Disabled {
+            return Ok(());
+        }
+        self.db.flush_wal(true).map_err(|e| StoreError::engine("sync", e))
+    }
+}

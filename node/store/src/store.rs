@@ -1,0 +1,193 @@
+//! The `Store` trait in domain terms, limits, and the accounting both backends share.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use tarn_proto::{Epoch, Id, Key};
+
+use crate::{StampedValue, StoreError};
+
+/// Limits a store enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest value accepted.
+    pub max_value_bytes: u32,
+    /// Values kept per key; the lowest orders are evicted beyond it.
+    pub max_values_per_key: u32,
+    /// Total value bytes accepted across live epochs; 0 means no quota.
+    pub max_total_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_value_bytes: 1024, max_values_per_key: 8, max_total_bytes: 0 }
+    }
+}
+
+/// One value to store.
+#[derive(Clone, Copy, Debug)]
+pub struct PutItem<'a> {
+    /// Its epoch partition.
+    pub epoch: Epoch,
+    /// Its key.
+    pub key: Key,
+    /// The order stamp from the responsible node.
+    pub stamp: u64,
+    /// The value bytes.
+    pub value: &'a [u8],
+}
+
+/// Figures for one epoch partition. Counts are of values *accepted*: a duplicate or an evicted
+/// value still counts until its epoch is dropped, so they are upper bounds on what is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpochStats {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Values accepted.
+    pub records: u64,
+    /// Value bytes accepted.
+    pub bytes: u64,
+}
+
+/// Figures for the whole store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Live partitions, oldest first.
+    pub epochs: Vec<EpochStats>,
+    /// Sum of `bytes` over live partitions (what the quota counts).
+    pub total_bytes: u64,
+}
+
+/// What dropping expired epochs did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DropReport {
+    /// The partitions dropped.
+    pub dropped: Vec<Epoch>,
+    /// Values they had accepted.
+    pub records: u64,
+}
+
+/// Visitor for [`Store::scan_range`]: called per key with its values, highest order first.
+pub type ScanVisitor<'a> = dyn FnMut(Epoch, Key, &[StampedValue]) -> ControlFlow<()> + 'a;
+
+/// The epoch-partitioned record store.
+///
+/// All methods are synchronous and may block on disk: callers on an async executor must treat
+/// them as a blocking boundary. Implementations are shared between threads.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores every valid item in one atomic batch (group commit). Returns one result per item,
+    /// in order; invalid items are refused individually, an engine failure fails every valid one.
+    /// A put never reads first: over-full keys are trimmed when values are read or compacted.
+    fn put_batch(&self, items: &[PutItem<'_>]) -> Vec<Result<(), StoreError>>;
+
+    /// Stores one value.
+    fn put(&self, epoch: Epoch, key: Key, stamp: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.put_batch(&[PutItem { epoch, key, stamp, value }]).pop().expect("one result per item")
+    }
+
+    /// The values under `(epoch, key)`, highest order first, at most `max_values_per_key`.
+    fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError>;
+
+    /// Creates partitions for `from..=to` ahead of time (skipping expired ones), so the request
+    /// path never has to.
+    fn prepare_epochs(&self, from: Epoch, to: Epoch) -> Result<(), StoreError>;
+
+    /// Drops every partition older than `oldest_live` at once (no per-record deletes) and refuses
+    /// later writes to them.
+    fn drop_epochs_before(&self, oldest_live: Epoch) -> Result<DropReport, StoreError>;
+
+    /// Visits every key in the ring interval `(after, upto]` of every live epoch (for handoff
+    /// and repair), in key order per epoch, oldest epoch first, until the visitor breaks.
+    fn scan_range(&self, after: Id, upto: Id, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError>;
+
+    /// Live partitions, oldest first.
+    fn live_epochs(&self) -> Vec<Epoch>;
+
+    /// Accounting figures.
+    fn stats(&self) -> StoreStats;
+
+    /// Makes every write so far durable on disk (fsync of the log). The periodic WAL policy
+    /// calls this from a thread of its own.
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// Accounting and admission shared by both backends: the floor below which epochs are expired,
+/// per-epoch figures, and the quota.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    pub(crate) floor: Epoch,
+    pub(crate) epochs: BTreeMap<Epoch, EpochStats>,
+    pub(crate) total_bytes: u64,
+}
+
+impl Ledger {
+    /// Checks each item against the limits, the floor and the quota; reserves the bytes of the
+    /// admitted ones. Returns per-item admission.
+    pub(crate) fn admit(&mut self, items: &[PutItem<'_>], limits: &Limits) -> Vec<Result<(), StoreError>> {
+        items
+            .iter()
+            .map(|it| {
+                if it.value.len() > limits.max_value_bytes as usize {
+                    return Err(StoreError::TooLarge { len: it.value.len(), max: limits.max_value_bytes });
+                }
+                if it.epoch < self.floor {
+                    return Err(StoreError::Expired { epoch: it.epoch, oldest_live: self.floor });
+                }
+                let len = it.value.len() as u64;
+                if limits.max_total_bytes != 0 && self.total_bytes + len > limits.max_total_bytes {
+                    return Err(StoreError::OverQuota { quota: limits.max_total_bytes });
+                }
+                self.total_bytes += len;
+                let e = self.epochs.entry(it.epoch).or_insert(EpochStats { epoch: it.epoch, ..Default::default() });
+                e.records += 1;
+                e.bytes += len;
+                Ok(())
+            })
+            .collect()
+    }
+
+    /// Gives back what [`Ledger::admit`] reserved for items whose write failed.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
+    pub(crate) fn release(&mut self, items: &[PutItem<'_>], failed: impl Iterator<Item = usize>) {
+        for i in failed {
+            let it = &items[i];
+            let len = it.value.len() as u64;
+            self.total_bytes = self.total_bytes.saturating_sub(len);
+            if let Some(e) = self.epochs.get_mut(&it.epoch) {
+                e.records = e.records.saturating_sub(1);
+                e.bytes = e.bytes.saturating_sub(len);
+            }
+        }
+    }
+
+    /// Raises the floor and forgets the figures of epochs below it.
+    pub(crate) fn expire_before(&mut self, oldest_live: Epoch) -> u64 {
+        self.floor = self.floor.max(oldest_live);
+        let kept = self.epochs.split_off(&self.floor);
+        let gone = std::mem::replace(&mut self.epochs, kept);
+        let records = gone.values().map(|e| e.records).sum();
+        self.total_bytes -= gone.values().map(|e| e.bytes).sum::<u64>();
+        records
+    }
+
+    pub(crate) fn stats(&self) -> StoreStats {
+        StoreStats { epochs: self.epochs.values().copied().collect(), total_bytes: self.total_bytes }
+    }
+}
+
+/// Splits the ring interval `(after, upto]` into at most two ascending key ranges, each
+/// `[start, end]` inclusive.
+pub(crate) fn ring_ranges(after: Id, upto: Id) -> Vec<(Key, Key)> {
+    let next = |id: Id| if id == Id([0xff; 32]) { None } else { Some(Key(id.add_pow2(0).0)) };
+    if after < upto {
+        next(after).map(|s| vec![(s, Key(upto.0))]).unwrap_or_default()
+    } else {
+        // Wraps (or covers the whole ring when after == upto).
+        let mut out = Vec::new();
+        if let Some(s) = next(after) {
+            out.push((s, Key([0xff; 32])));
+        }
+        out.push((Key([0; 32]), Key(upto.0)));
+        out
+    }
+}

@@ -1,0 +1,171 @@
+//! The set of values under one key, as stored and merged.
+//!
+//! Every value carries an order `(stamp, BLAKE3(value))` assigned by the responsible node and
+//! replicated with it. A set keeps at most `max_values_per_key` values; when it is over, the
+//! lowest orders go, so every replica that saw the same values keeps the same set. Exact
+//! duplicates (same bytes) collapse into one entry with the larger stamp. Merging is
+//! associative and commutative, which lets RocksDB apply it as a merge operator: an insert is a
+//! blind write, and the bound is enforced when operands are folded (on read and compaction).
+//!
+//! Encoding of one entry: `stamp:u64be | hash:[u8;32] | len:u32le | value`. A set is entries
+//! concatenated, highest order first.
+
+use std::cmp::Reverse;
+
+const ENTRY_HEADER: usize = 8 + 32 + 4;
+
+/// A value with the order the responsible node gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StampedValue {
+    /// The responsible node's stamp (nanoseconds of its clock, strictly increasing per node).
+    pub stamp: u64,
+    /// The opaque value.
+    pub value: Vec<u8>,
+}
+
+impl StampedValue {
+    /// The eviction order of this value.
+    pub fn order(&self) -> (u64, [u8; 32]) {
+        (self.stamp, *blake3::hash(&self.value).as_bytes())
+    }
+}
+
+/// Bytes that do not decode as a value set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt value set at byte {offset}")]
+pub struct CorruptValueSet {
+    /// Where decoding stopped.
+    pub offset: usize,
+}
+
+/// Encodes one value as a single-entry set (a merge operand).
+pub fn encode_one(stamp: u64, value: &[u8], out: &mut Vec<u8>) {
+    let hash = blake3::hash(value);
+    encode_entry(stamp, hash.as_bytes(), value, out);
+}
+
+fn encode_entry(stamp: u64, hash: &[u8; 32], value: &[u8], out: &mut Vec<u8>) {
+    out.reserve(ENTRY_HEADER + value.len());
+    out.extend_from_slice(&stamp.to_be_bytes());
+    out.extend_from_slice(hash);
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+/// One entry borrowed from an encoded set.
+#[derive(Clone, Copy, Debug)]
+struct Entry<'a> {
+    stamp: u64,
+    hash: &'a [u8; 32],
+    value: &'a [u8],
+}
+
+fn entries(bytes: &[u8]) -> impl Iterator<Item = Result<Entry<'_>, CorruptValueSet>> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at == bytes.len() {
+            return None;
+        }
+        let rest = &bytes[at..];
+        if rest.len() < ENTRY_HEADER {
+            let e = CorruptValueSet { offset: at };
+            at = bytes.len();
+            return Some(Err(e));
+        }
+        let stamp = u64::from_be_bytes(rest[0..8].try_into().expect("8 bytes"));
+        let hash: &[u8; 32] = rest[8..40].try_into().expect("32 bytes");
+        let len = u32::from_le_bytes(rest[40..44].try_into().expect("4 bytes")) as usize;
+        if rest.len() < ENTRY_HEADER + len {
+            let e = CorruptValueSet { offset: at };
+            at = bytes.len();
+            return Some(Err(e));
+        }
+        let value = &rest[ENTRY_HEADER..ENTRY_HEADER + len];
+        at += ENTRY_HEADER + len;
+        Some(Ok(Entry { stamp, hash, value }))
+    })
+}
+
+/// Decodes a set, highest order first.
+pub fn decode(bytes: &[u8]) -> Result<Vec<StampedValue>, CorruptValueSet> {
+    entries(bytes).map(|e| e.map(|e| StampedValue { stamp: e.stamp, value: e.value.to_vec() })).collect()
+}
+
+/// Number of entries and value bytes in an encoded set (corrupt tails are not counted).
+pub fn measure(bytes: &[u8]) -> (u64, u64) {
+    entries(bytes).map_while(Result::ok).fold((0, 0), |(n, b), e| (n + 1, b + e.value.len() as u64))
+}
+
+/// Folds encoded sets into one: union, duplicates collapsed (larger stamp kept), highest
+/// `max_values` orders kept. Corrupt entries are skipped rather than poisoning the key.
+pub fn merge<'a>(parts: impl Iterator<Item = &'a [u8]>, max_values: usize) -> Vec<u8> {
+    let mut all: Vec<Entry<'a>> = Vec::new();
+    for part in parts {
+        all.extend(entries(part).map_while(Result::ok));
+    }
+    // Highest order first; for equal hashes the larger stamp comes first and wins the dedup.
+    all.sort_unstable_by_key(|e| Reverse((e.stamp, *e.hash)));
+    let mut kept: Vec<Entry<'a>> = Vec::with_capacity(all.len().min(max_values));
+    for e in all {
+        if kept.len() == max_values {
+            break;
+        }
+        if kept.iter().any(|k| k.hash == e.hash) {
+            continue;
+        }
+        kept.push(e);
+    }
+    let mut out = Vec::with_capacity(kept.iter().map(|e| ENTRY_HEADER + e.value.len()).sum());
+    for e in kept {
+        encode_entry(e.stamp, e.hash, e.value, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(stamp: u64, v: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_one(stamp, v, &mut out);
+        out
+    }
+
+    #[test]
+    fn keeps_highest_orders() {
+        let parts: Vec<Vec<u8>> = (1..=5).map(|s| one(s, format!("v{s}").as_bytes())).collect();
+        let merged = merge(parts.iter().map(|p| p.as_slice()), 3);
+        let got = decode(&merged).unwrap();
+        assert_eq!(got.iter().map(|v| v.stamp).collect::<Vec<_>>(), vec![5, 4, 3]);
+    }
+
+    #[test]
+    fn duplicates_collapse_to_larger_stamp() {
+        let parts = [one(1, b"same"), one(9, b"same"), one(4, b"other")];
+        let got = decode(&merge(parts.iter().map(|p| p.as_slice()), 8)).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], StampedValue { stamp: 9, value: b"same".to_vec() });
+    }
+
+    #[test]
+    fn merge_is_order_independent() {
+        let parts: Vec<Vec<u8>> = (0..10u64).map(|s| one(s % 4, &[s as u8; 5])).collect();
+        let a = merge(parts.iter().map(|p| p.as_slice()), 4);
+        let b = merge(parts.iter().rev().map(|p| p.as_slice()), 4);
+        // Folding in two steps (as RocksDB may) gives the same set.
+        let half = merge(parts[..5].iter().map(|p| p.as_slice()), 4);
+        let c = merge([half.as_slice()].into_iter().chain(parts[5..].iter().map(|p| p.as_slice())), 4);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn corrupt_bytes_are_reported_and_skipped() {
+        let mut bytes = one(1, b"ok");
+        bytes.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(decode(&bytes), Err(CorruptValueSet { offset: ENTRY_HEADER + 2 }));
+        assert_eq!(decode(&merge([bytes.as_slice()].into_iter(), 8)).unwrap().len(), 1);
+        assert_eq!(measure(&bytes), (1, 2));
+    }
+}

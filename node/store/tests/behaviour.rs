@@ -1,0 +1,189 @@
+//! The behaviour every Store backend must share, run against both.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use tarn_proto::{Epoch, Id, Key};
+use tarn_store::{Limits, MemoryStore, PutItem, RocksOptions, RocksStore, Store, StoreError, WalPolicy};
+
+fn limits() -> Limits {
+    Limits { max_value_bytes: 64, max_values_per_key: 3, max_total_bytes: 10_000 }
+}
+
+fn key(n: u8) -> Key {
+    Key([n; 32])
+}
+
+fn backends() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksStore::open(dir.path(), RocksOptions { limits: limits(), ..Default::default() }).unwrap();
+    vec![(Box::new(MemoryStore::new(limits())), None), (Box::new(rocks), Some(dir))]
+}
+
+#[test]
+fn put_then_get() {
+    for (s, _d) in backends() {
+        s.put(Epoch(5), key(1), 10, b"hello").unwrap();
+        let got = s.get(Epoch(5), &key(1)).unwrap();
+        assert_eq!(got.len(), 1, "{s:?}");
+        assert_eq!(got[0].value, b"hello");
+        assert!(s.get(Epoch(6), &key(1)).unwrap().is_empty());
+        assert!(s.get(Epoch(5), &key(2)).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn full_key_evicts_lowest_order_and_keeps_newest() {
+    for (s, _d) in backends() {
+        for stamp in 1..=6u64 {
+            s.put(Epoch(1), key(1), stamp, format!("v{stamp}").as_bytes()).unwrap();
+        }
+        let got = s.get(Epoch(1), &key(1)).unwrap();
+        let stamps: Vec<u64> = got.iter().map(|v| v.stamp).collect();
+        assert_eq!(stamps, vec![6, 5, 4], "{s:?}");
+        assert_eq!(got[0].value, b"v6");
+    }
+}
+
+#[test]
+fn duplicates_collapse() {
+    for (s, _d) in backends() {
+        s.put(Epoch(1), key(1), 1, b"same").unwrap();
+        s.put(Epoch(1), key(1), 2, b"same").unwrap();
+        let got = s.get(Epoch(1), &key(1)).unwrap();
+        assert_eq!(got.len(), 1, "{s:?}");
+        assert_eq!(got[0].stamp, 2);
+    }
+}
+
+#[test]
+fn limits_are_typed_errors() {
+    for (s, _d) in backends() {
+        let big = vec![0u8; 65];
+        assert_eq!(s.put(Epoch(1), key(1), 1, &big), Err(StoreError::TooLarge { len: 65, max: 64 }));
+        // Quota 10_000 bytes: 156 values of 64 bytes fit, the next does not.
+        for i in 0..156u32 {
+            s.put(Epoch(1), Key(blake3::hash(&i.to_le_bytes()).into()), 1, &[1; 64]).unwrap();
+        }
+        assert_eq!(s.put(Epoch(1), key(9), 1, &[1; 64]), Err(StoreError::OverQuota { quota: 10_000 }));
+        assert_eq!(s.stats().total_bytes, 156 * 64);
+    }
+}
+
+#[test]
+fn batch_results_are_per_item() {
+    for (s, _d) in backends() {
+        let big = [0u8; 100];
+        let items = [
+            PutItem { epoch: Epoch(3), key: key(1), stamp: 1, value: b"a" },
+            PutItem { epoch: Epoch(3), key: key(2), stamp: 1, value: &big },
+            PutItem { epoch: Epoch(4), key: key(3), stamp: 1, value: b"c" },
+        ];
+        let r = s.put_batch(&items);
+        assert!(r[0].is_ok() && r[2].is_ok(), "{s:?}");
+        assert!(matches!(r[1], Err(StoreError::TooLarge { .. })));
+        assert_eq!(s.get(Epoch(4), &key(3)).unwrap()[0].value, b"c");
+    }
+}
+
+#[test]
+fn dropping_epochs_removes_them_and_refuses_writes() {
+    for (s, _d) in backends() {
+        for e in 1..=5 {
+            s.put(Epoch(e), key(1), e, b"x").unwrap();
+        }
+        let report = s.drop_epochs_before(Epoch(4)).unwrap();
+        assert_eq!(report.dropped, vec![Epoch(1), Epoch(2), Epoch(3)], "{s:?}");
+        assert_eq!(report.records, 3);
+        assert!(s.get(Epoch(3), &key(1)).unwrap().is_empty());
+        assert_eq!(s.get(Epoch(4), &key(1)).unwrap().len(), 1);
+        assert_eq!(s.live_epochs(), vec![Epoch(4), Epoch(5)]);
+        assert_eq!(s.put(Epoch(2), key(1), 9, b"late"), Err(StoreError::Expired { epoch: Epoch(2), oldest_live: Epoch(4) }));
+        // prepare never resurrects an expired epoch
+        s.prepare_epochs(Epoch(1), Epoch(7)).unwrap();
+        assert_eq!(s.live_epochs(), vec![Epoch(4), Epoch(5), Epoch(6), Epoch(7)]);
+        assert_eq!(s.stats().total_bytes, 2);
+    }
+}
+
+#[test]
+fn scan_range_covers_wrapping_intervals() {
+    for (s, _d) in backends() {
+        for n in [0x10u8, 0x80, 0xf0] {
+            s.put(Epoch(1), key(n), 1, &[n]).unwrap();
+            s.put(Epoch(2), key(n), 1, &[n]).unwrap();
+        }
+        let collect = |after: Id, upto: Id| {
+            let mut seen = Vec::new();
+            s.scan_range(after, upto, &mut |e, k, v| {
+                assert_eq!(v[0].value, vec![k.0[0]]);
+                seen.push((e.0, k.0[0]));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(collect(Id([0x10; 32]), Id([0x80; 32])), vec![(1, 0x80), (2, 0x80)], "{s:?}");
+        assert_eq!(collect(Id([0x80; 32]), Id([0x10; 32])), vec![(1, 0xf0), (1, 0x10), (2, 0xf0), (2, 0x10)]);
+        assert_eq!(collect(Id([0x20; 32]), Id([0x20; 32])).len(), 6);
+        let mut n = 0;
+        s.scan_range(Id([0; 32]), Id([0; 32]), &mut |_, _, _| {
+            n += 1;
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(n, 1);
+    }
+}
+
+#[test]
+fn rocks_reopen_keeps_records_partitions_and_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RocksOptions { limits: limits(), wal: WalPolicy::NoSync, ..Default::default() };
+    {
+        let s = RocksStore::open(dir.path(), opts.clone()).unwrap();
+        s.prepare_epochs(Epoch(10), Epoch(12)).unwrap();
+        for i in 0..100u8 {
+            s.put(Epoch(10 + (i % 2) as u64), key(i), 1, &[i; 10]).unwrap();
+        }
+        s.drop_epochs_before(Epoch(10)).unwrap();
+    }
+    let s = RocksStore::open(dir.path(), opts).unwrap();
+    assert_eq!(s.live_epochs(), vec![Epoch(10), Epoch(11), Epoch(12)]);
+    assert_eq!(s.get(Epoch(11), &key(7)).unwrap()[0].value, vec![7; 10]);
+    let stats = s.stats();
+    assert_eq!(stats.total_bytes, 1000);
+    assert_eq!(stats.epochs.iter().map(|e| e.records).sum::<u64>(), 100);
+    // The floor is restored from the oldest partition: nothing older can be recreated.
+    assert!(matches!(s.put(Epoch(9), key(1), 1, b"x"), Err(StoreError::Expired { .. })));
+}
+
+#[test]
+fn rocks_partitions_change_while_other_threads_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(RocksStore::open(dir.path(), RocksOptions::default()).unwrap());
+    let writers: Vec<_> = (0..2u8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000u32 {
+                    let e = Epoch(100 + (i / 200) as u64);
+                    let mut k = [t; 32];
+                    k[..4].copy_from_slice(&i.to_be_bytes());
+                    match s.put(e, Key(k), i as u64, b"v") {
+                        Ok(()) | Err(StoreError::Expired { .. }) => {}
+                        Err(other) => panic!("unexpected {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for step in 0..10u64 {
+        s.prepare_epochs(Epoch(100 + step), Epoch(102 + step)).unwrap();
+        s.drop_epochs_before(Epoch(100 + step.saturating_sub(2))).unwrap();
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(s.live_epochs().iter().all(|e| e.0 >= 107));
+}

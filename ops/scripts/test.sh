@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone on a fresh Debian 12 machine:
+#   ops/scripts/test.sh
+# Installs what it needs, builds one profile (release) into $CARGO_TARGET_DIR (default
+# /var/tmp/tarn-target, outside the clone, so later runs are warm), checks formatting and
+# lints, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ops/scripts/setup-host.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tarn-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== format" >&2
+cargo fmt --all -- --check
+echo "== build (release)" >&2
+cargo build --release --workspace --all-targets --locked
+echo "== lint" >&2
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+echo "== test" >&2
+cargo test --release --workspace --locked "$@"
