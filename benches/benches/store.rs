@@ -13,7 +13,14 @@ fn key(i: u64) -> Key {
 
 fn open(wal: WalPolicy) -> (tempfile::TempDir, RocksStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = RocksStore::open(dir.path(), RocksOptions { wal, ..Default::default() }).unwrap();
+    let s = RocksStore::open(
+        dir.path(),
+        RocksOptions {
+            wal,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     (dir, s)
 }
 
@@ -21,7 +28,10 @@ fn put_get(c: &mut Criterion) {
     let value = vec![0x5a; 300];
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(1));
-    for (name, wal) in [("nosync", WalPolicy::NoSync), ("disabled", WalPolicy::Disabled)] {
+    for (name, wal) in [
+        ("nosync", WalPolicy::NoSync),
+        ("disabled", WalPolicy::Disabled),
+    ] {
         let (_d, s) = open(wal);
         s.prepare_epochs(Epoch(1), Epoch(1)).unwrap();
         let mut i = 0u64;
@@ -38,12 +48,21 @@ fn put_get(c: &mut Criterion) {
     g.throughput(Throughput::Elements(32));
     g.bench_function("put_batch32/nosync", |b| {
         b.iter(|| {
-            let keys: Vec<Key> = (0..32).map(|_| {
-                i += 1;
-                key(i)
-            }).collect();
-            let items: Vec<PutItem<'_>> =
-                keys.iter().map(|k| PutItem { epoch: Epoch(1), key: *k, stamp: 1, value: &value }).collect();
+            let keys: Vec<Key> = (0..32)
+                .map(|_| {
+                    i += 1;
+                    key(i)
+                })
+                .collect();
+            let items: Vec<PutItem<'_>> = keys
+                .iter()
+                .map(|k| PutItem {
+                    epoch: Epoch(1),
+                    key: *k,
+                    stamp: 1,
+                    value: &value,
+                })
+                .collect();
             black_box(s.put_batch(&items));
         })
     });
@@ -82,7 +101,12 @@ fn drop_epoch(c: &mut Criterion) {
                     let keys: Vec<Key> = (0..n).map(key).collect();
                     for chunk in keys.chunks(1000) {
                         items.clear();
-                        items.extend(chunk.iter().map(|k| PutItem { epoch: Epoch(5), key: *k, stamp: 1, value: &value }));
+                        items.extend(chunk.iter().map(|k| PutItem {
+                            epoch: Epoch(5),
+                            key: *k,
+                            stamp: 1,
+                            value: &value,
+                        }));
                         s.put_batch(&items);
                     }
                     s.prepare_epochs(Epoch(6), Epoch(6)).unwrap();

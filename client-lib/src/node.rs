@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tarn_proto::frame::{self, Parsed};
 use tarn_proto::msg::{
-    ErrorCode, HelloAck, Insert, InsertReply, NodeListReply, NodeListRequest, Retrieve, RetrieveReply, StatusReply,
-    TimeReply,
+    ErrorCode, HelloAck, Insert, InsertReply, NodeListReply, NodeListRequest, Retrieve,
+    RetrieveReply, StatusReply, TimeReply,
 };
 use tarn_proto::{Decoder, Epoch, Key, Message, NetworkId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,11 +105,13 @@ impl ClientError {
     /// Classifies this error.
     pub fn kind(&self) -> ClientErrorKind {
         match self {
-            ClientError::Connect { .. } | ClientError::Closed { .. } => ClientErrorKind::Unreachable,
-            ClientError::Timeout { .. } => ClientErrorKind::Timeout,
-            ClientError::Refused { .. } | ClientError::Unexpected { .. } | ClientError::Encode(_) => {
-                ClientErrorKind::Refused
+            ClientError::Connect { .. } | ClientError::Closed { .. } => {
+                ClientErrorKind::Unreachable
             }
+            ClientError::Timeout { .. } => ClientErrorKind::Timeout,
+            ClientError::Refused { .. }
+            | ClientError::Unexpected { .. }
+            | ClientError::Encode(_) => ClientErrorKind::Refused,
         }
     }
 }
@@ -145,8 +147,14 @@ impl NodeClient {
     pub async fn connect(addr: &str, opts: &NodeOptions) -> Result<NodeClient, ClientError> {
         let stream = tokio::time::timeout(opts.timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| ClientError::Timeout { op: "connect", timeout: opts.timeout })?
-            .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+            .map_err(|_| ClientError::Timeout {
+                op: "connect",
+                timeout: opts.timeout,
+            })?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
         stream.set_nodelay(true).ok();
         let (mut rd, mut wr) = stream.into_split();
 
@@ -159,7 +167,10 @@ impl NodeClient {
         let closed = |_| ClientError::Closed { op: "hello" };
         tokio::time::timeout(opts.timeout, wr.write_all(&buf))
             .await
-            .map_err(|_| ClientError::Timeout { op: "hello", timeout: opts.timeout })?
+            .map_err(|_| ClientError::Timeout {
+                op: "hello",
+                timeout: opts.timeout,
+            })?
             .map_err(closed)?;
 
         // Read exactly the hello reply; anything after it stays in `buf` for the reader task.
@@ -170,7 +181,9 @@ impl NodeClient {
                 match frame::parse_frame(&buf, opts.max_frame_bytes) {
                     Ok(Parsed::Frame(f)) => {
                         let len = f.wire_len();
-                        let msg = decoder.decode(&f).map_err(|_| ClientError::Closed { op: "hello" })?;
+                        let msg = decoder
+                            .decode(&f)
+                            .map_err(|_| ClientError::Closed { op: "hello" })?;
                         buf.drain(..len);
                         return Ok(msg);
                     }
@@ -186,11 +199,25 @@ impl NodeClient {
             }
         })
         .await
-        .map_err(|_| ClientError::Timeout { op: "hello", timeout: opts.timeout })??;
+        .map_err(|_| ClientError::Timeout {
+            op: "hello",
+            timeout: opts.timeout,
+        })??;
         let hello = match ack {
             Message::HelloAck(a) => a,
-            Message::Error(e) => return Err(ClientError::Refused { op: "hello", code: e.code, detail: e.detail }),
-            other => return Err(ClientError::Unexpected { op: "hello", got: other.kind() }),
+            Message::Error(e) => {
+                return Err(ClientError::Refused {
+                    op: "hello",
+                    code: e.code,
+                    detail: e.detail,
+                })
+            }
+            other => {
+                return Err(ClientError::Unexpected {
+                    op: "hello",
+                    got: other.kind(),
+                })
+            }
         };
 
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -207,7 +234,15 @@ impl NodeClient {
             }
         });
         let reader = tokio::spawn(read_loop(rd, buf, waiters.clone(), opts.max_frame_bytes));
-        Ok(NodeClient { out, waiters, next_id: AtomicU64::new(1), hello, timeout: opts.timeout, reader, writer })
+        Ok(NodeClient {
+            out,
+            waiters,
+            next_id: AtomicU64::new(1),
+            hello,
+            timeout: opts.timeout,
+            reader,
+            writer,
+        })
     }
 
     /// The node's answer to our hello (its id, public key, epoch length, limits).
@@ -231,29 +266,53 @@ impl NodeClient {
             return Err(ClientError::Closed { op });
         }
         match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(Message::Error(e))) => Err(ClientError::Refused { op, code: e.code, detail: e.detail }),
+            Ok(Ok(Message::Error(e))) => Err(ClientError::Refused {
+                op,
+                code: e.code,
+                detail: e.detail,
+            }),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(ClientError::Closed { op }),
             Err(_) => {
                 lock(&self.waiters).as_mut().map(|w| w.remove(&id));
-                Err(ClientError::Timeout { op, timeout: self.timeout })
+                Err(ClientError::Timeout {
+                    op,
+                    timeout: self.timeout,
+                })
             }
         }
     }
 
     /// INSERT.
-    pub async fn insert(&self, epoch: Epoch, key: Key, value: Vec<u8>) -> Result<InsertReply, ClientError> {
-        match self.request("insert", &Message::Insert(Insert { epoch, key, value })).await? {
+    pub async fn insert(
+        &self,
+        epoch: Epoch,
+        key: Key,
+        value: Vec<u8>,
+    ) -> Result<InsertReply, ClientError> {
+        match self
+            .request("insert", &Message::Insert(Insert { epoch, key, value }))
+            .await?
+        {
             Message::InsertReply(r) => Ok(r),
-            other => Err(ClientError::Unexpected { op: "insert", got: other.kind() }),
+            other => Err(ClientError::Unexpected {
+                op: "insert",
+                got: other.kind(),
+            }),
         }
     }
 
     /// RETRIEVE.
     pub async fn retrieve(&self, epoch: Epoch, key: Key) -> Result<RetrieveReply, ClientError> {
-        match self.request("retrieve", &Message::Retrieve(Retrieve { epoch, key })).await? {
+        match self
+            .request("retrieve", &Message::Retrieve(Retrieve { epoch, key }))
+            .await?
+        {
             Message::RetrieveReply(r) => Ok(r),
-            other => Err(ClientError::Unexpected { op: "retrieve", got: other.kind() }),
+            other => Err(ClientError::Unexpected {
+                op: "retrieve",
+                got: other.kind(),
+            }),
         }
     }
 
@@ -261,15 +320,24 @@ impl NodeClient {
     pub async fn time(&self) -> Result<TimeReply, ClientError> {
         match self.request("time_sync", &Message::TimeSync).await? {
             Message::TimeReply(r) => Ok(r),
-            other => Err(ClientError::Unexpected { op: "time_sync", got: other.kind() }),
+            other => Err(ClientError::Unexpected {
+                op: "time_sync",
+                got: other.kind(),
+            }),
         }
     }
 
     /// NODE_LIST.
     pub async fn node_list(&self, max: u32) -> Result<NodeListReply, ClientError> {
-        match self.request("node_list", &Message::NodeList(NodeListRequest { max })).await? {
+        match self
+            .request("node_list", &Message::NodeList(NodeListRequest { max }))
+            .await?
+        {
             Message::NodeListReply(r) => Ok(r),
-            other => Err(ClientError::Unexpected { op: "node_list", got: other.kind() }),
+            other => Err(ClientError::Unexpected {
+                op: "node_list",
+                got: other.kind(),
+            }),
         }
     }
 
@@ -277,12 +345,20 @@ impl NodeClient {
     pub async fn status(&self) -> Result<StatusReply, ClientError> {
         match self.request("status", &Message::Status).await? {
             Message::StatusReply(r) => Ok(r),
-            other => Err(ClientError::Unexpected { op: "status", got: other.kind() }),
+            other => Err(ClientError::Unexpected {
+                op: "status",
+                got: other.kind(),
+            }),
         }
     }
 }
 
-async fn read_loop(mut rd: tokio::net::tcp::OwnedReadHalf, mut buf: Vec<u8>, waiters: Waiters, max: u32) {
+async fn read_loop(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut buf: Vec<u8>,
+    waiters: Waiters,
+    max: u32,
+) {
     let mut decoder = Decoder::new();
     let mut start = 0;
     'outer: loop {

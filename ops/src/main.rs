@@ -108,7 +108,12 @@ async fn connect(cli: &Cli, node: &str) -> anyhow::Result<NodeClient> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.cmd {
-        Cmd::Put { node, epoch, key, value_hex } => {
+        Cmd::Put {
+            node,
+            epoch,
+            key,
+            value_hex,
+        } => {
             let key = Key::from_hex(key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
             let value = parse_hex(value_hex).map_err(|e| anyhow::anyhow!("--value-hex: {e}"))?;
             let c = connect(&cli, node).await?;
@@ -186,7 +191,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", json!({ "nodes": nodes }));
             } else {
                 for n in &list.nodes {
-                    println!("{} {} {}", n.id.to_hex(), n.address, hex::encode(n.public_key));
+                    println!(
+                        "{} {} {}",
+                        n.id.to_hex(),
+                        n.address,
+                        hex::encode(n.public_key)
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -211,10 +221,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("version      {}", s.version);
                 println!("uptime       {}s", s.uptime_secs);
                 println!("cores        {}", s.cores);
-                println!("epoch        {} (length {}s)", s.now_epoch.0, s.epoch_len_secs);
-                println!("time offset  {:.3} ms (ntp synced: {})", s.time_offset_ns as f64 / 1e6, s.ntp_synced);
+                println!(
+                    "epoch        {} (length {}s)",
+                    s.now_epoch.0, s.epoch_len_secs
+                );
+                println!(
+                    "time offset  {:.3} ms (ntp synced: {})",
+                    s.time_offset_ns as f64 / 1e6,
+                    s.ntp_synced
+                );
                 for e in &s.epochs {
-                    println!("epoch {:>12}  records {:>10}  bytes {:>12}", e.epoch.0, e.records, e.bytes);
+                    println!(
+                        "epoch {:>12}  records {:>10}  bytes {:>12}",
+                        e.epoch.0, e.records, e.bytes
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

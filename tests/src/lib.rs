@@ -15,14 +15,22 @@ use tarn_client::{NodeClient, NodeOptions};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let deps = exe.parent().expect("deps dir");
-    let dir = if deps.ends_with("deps") { deps.parent().expect("profile dir") } else { deps };
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("profile dir")
+    } else {
+        deps
+    };
     dir.to_path_buf()
 }
 
 /// Path of a workspace binary, with a clear message when it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --release --bins` first (the test command does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release --bins` first (the test command does)",
+        p.display()
+    );
     p
 }
 
@@ -65,7 +73,9 @@ impl Node {
     pub fn start(data_dir: &Path, args: &[&str]) -> Node {
         match Node::try_start(data_dir, args) {
             Started::Ready(n) => n,
-            Started::Failed { code, stderr } => panic!("tarnd failed to start (exit {code:?}):\n{stderr}"),
+            Started::Failed { code, stderr } => {
+                panic!("tarnd failed to start (exit {code:?}):\n{stderr}")
+            }
         }
     }
 
@@ -79,7 +89,7 @@ impl Node {
             "--cores".into(),
             "2".into(),
         ];
-        if !args.iter().any(|a| *a == "--listen") {
+        if !args.contains(&"--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
         }
         full.extend(args.iter().map(|s| s.to_string()));
@@ -97,15 +107,15 @@ impl Node {
             .spawn()
             .expect("spawn tarnd");
         let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        {
+        let stderr_reader = {
             let err = child.stderr.take().expect("stderr");
             let sink = stderr_lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
                     sink.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        };
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -119,7 +129,9 @@ impl Node {
         loop {
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
                 let field = |k: &str| {
-                    line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).map(String::from)
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                        .map(String::from)
                 };
                 let addr = field("listen").expect("ready line has listen=");
                 let metrics = field("metrics").filter(|m| m != "off");
@@ -135,9 +147,12 @@ impl Node {
                 });
             }
             if let Ok(Some(status)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                let _ = stderr_reader.join();
                 let stderr = stderr_lines.lock().unwrap().join("\n");
-                return Started::Failed { code: status.code(), stderr };
+                return Started::Failed {
+                    code: status.code(),
+                    stderr,
+                };
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -210,13 +225,20 @@ impl Node {
 
     /// Connects a node client with default options.
     pub async fn client(&self) -> NodeClient {
-        NodeClient::connect(&self.addr, &NodeOptions::default()).await.expect("connect to tarnd")
+        NodeClient::connect(&self.addr, &NodeOptions::default())
+            .await
+            .expect("connect to tarnd")
     }
 
     /// Connects a node client with a given timeout.
     pub async fn client_with_timeout(&self, timeout: Duration) -> NodeClient {
-        let opts = NodeOptions { timeout, ..Default::default() };
-        NodeClient::connect(&self.addr, &opts).await.expect("connect to tarnd")
+        let opts = NodeOptions {
+            timeout,
+            ..Default::default()
+        };
+        NodeClient::connect(&self.addr, &opts)
+            .await
+            .expect("connect to tarnd")
     }
 
     /// Fetches `/metrics` text.
@@ -248,7 +270,10 @@ impl Drop for Node {
 
 /// The current epoch for `epoch_secs` by the system clock.
 pub fn epoch_now(epoch_secs: u64) -> tarn_proto::Epoch {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     tarn_proto::Epoch::at_unix_secs(secs, epoch_secs)
 }
 
@@ -261,6 +286,9 @@ pub fn key(n: u64) -> tarn_proto::Key {
 pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }

@@ -11,7 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn hello_frame() -> Vec<u8> {
-    let h = Hello { version: 1, network: NetworkId::from_name("tarn-dev"), epoch_len_secs: 0 };
+    let h = Hello {
+        version: 1,
+        network: NetworkId::from_name("tarn-dev"),
+        epoch_len_secs: 0,
+    };
     frame::encode_to_vec(0, &Message::Hello(h)).unwrap()
 }
 
@@ -59,8 +63,14 @@ fn error_code(m: &Message) -> ErrorCode {
 async fn assert_healthy(node: &Node) {
     let c = node.client_with_timeout(Duration::from_secs(2)).await;
     let e = epoch_now(3600);
-    assert!(matches!(c.insert(e, key(777), b"ok".to_vec()).await.unwrap(), InsertReply::Stored { .. }));
-    assert!(matches!(c.retrieve(e, key(777)).await.unwrap(), RetrieveReply::Found(_)));
+    assert!(matches!(
+        c.insert(e, key(777), b"ok".to_vec()).await.unwrap(),
+        InsertReply::Stored { .. }
+    ));
+    assert!(matches!(
+        c.retrieve(e, key(777)).await.unwrap(),
+        RetrieveReply::Found(_)
+    ));
 }
 
 #[tokio::test]
@@ -68,7 +78,9 @@ async fn garbage_bytes_get_an_error_and_a_close() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let mut s = TcpStream::connect(&node.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        .await
+        .unwrap();
     let (got, closed) = read_frames(&mut s, 2, Duration::from_secs(5)).await;
     assert_eq!(error_code(&got[0].1), ErrorCode::UnsupportedVersion);
     assert!(closed);
@@ -80,7 +92,9 @@ async fn requests_before_hello_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let mut s = TcpStream::connect(&node.addr).await.unwrap();
-    s.write_all(&frame::encode_to_vec(9, &Message::TimeSync).unwrap()).await.unwrap();
+    s.write_all(&frame::encode_to_vec(9, &Message::TimeSync).unwrap())
+        .await
+        .unwrap();
     let (got, closed) = read_frames(&mut s, 2, Duration::from_secs(5)).await;
     assert_eq!(got[0].0, 9);
     assert_eq!(error_code(&got[0].1), ErrorCode::HelloRequired);
@@ -108,27 +122,53 @@ async fn invalid_archive_and_unknown_kind_keep_the_connection() {
     let node = Node::start(dir.path(), &[]);
     let mut s = connected(&node).await;
     let e = epoch_now(3600);
-    let mut bad = frame::encode_to_vec(41, &Message::Insert(Insert { epoch: e, key: key(1), value: vec![1; 10] })).unwrap();
+    let mut bad = frame::encode_to_vec(
+        41,
+        &Message::Insert(Insert {
+            epoch: e,
+            key: key(1),
+            value: vec![1; 10],
+        }),
+    )
+    .unwrap();
     for b in &mut bad[HEADER_LEN..] {
         *b = 0xff;
     }
     let mut unknown = frame::encode_to_vec(42, &Message::TimeSync).unwrap();
     unknown[5] = 0x5a; // a kind in the ring's reserved range
-    let reply_kind = frame::encode_to_vec(43, &Message::InsertReply(InsertReply::Stored { copies: 1 })).unwrap();
+    let reply_kind =
+        frame::encode_to_vec(43, &Message::InsertReply(InsertReply::Stored { copies: 1 })).unwrap();
     let good = frame::encode_to_vec(44, &Message::TimeSync).unwrap();
-    s.write_all(&[bad, unknown, reply_kind, good].concat()).await.unwrap();
+    s.write_all(&[bad, unknown, reply_kind, good].concat())
+        .await
+        .unwrap();
     let (got, closed) = read_frames(&mut s, 4, Duration::from_secs(5)).await;
     assert!(!closed);
-    assert_eq!((got[0].0, error_code(&got[0].1)), (41, ErrorCode::InvalidBody));
-    assert_eq!((got[1].0, error_code(&got[1].1)), (42, ErrorCode::UnknownKind));
-    assert_eq!((got[2].0, error_code(&got[2].1)), (43, ErrorCode::UnknownKind));
+    assert_eq!(
+        (got[0].0, error_code(&got[0].1)),
+        (41, ErrorCode::InvalidBody)
+    );
+    assert_eq!(
+        (got[1].0, error_code(&got[1].1)),
+        (42, ErrorCode::UnknownKind)
+    );
+    assert_eq!(
+        (got[2].0, error_code(&got[2].1)),
+        (43, ErrorCode::UnknownKind)
+    );
     assert!(matches!(got[3], (44, Message::TimeReply(_))));
 }
 
 #[tokio::test]
 async fn truncated_frame_times_out_without_stalling_others() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &["--config", &write_config(dir.path(), "frame_timeout_ms = 1500\n")]);
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--config",
+            &write_config(dir.path(), "frame_timeout_ms = 1500\n"),
+        ],
+    );
     let mut s = connected(&node).await;
     let full = frame::encode_to_vec(5, &Message::TimeSync).unwrap();
     s.write_all(&full[..10]).await.unwrap(); // a header cut short, then silence
@@ -141,7 +181,13 @@ async fn truncated_frame_times_out_without_stalling_others() {
 #[tokio::test]
 async fn one_byte_per_second_client_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &["--config", &write_config(dir.path(), "frame_timeout_ms = 2500\n")]);
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--config",
+            &write_config(dir.path(), "frame_timeout_ms = 2500\n"),
+        ],
+    );
     let mut s = connected(&node).await;
     let full = frame::encode_to_vec(5, &Message::TimeSync).unwrap();
     let started = std::time::Instant::now();
@@ -155,16 +201,23 @@ async fn one_byte_per_second_client_is_cut_off() {
         assert_healthy(&node).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut probe = [0u8; 64];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await {
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
             closed = true;
             break;
         }
     }
     if !closed {
         let (got, c) = read_frames(&mut s, 2, Duration::from_secs(5)).await;
-        closed = c || got.iter().any(|(_, m)| matches!(m, Message::Error(e) if e.code == ErrorCode::Timeout));
+        closed = c
+            || got
+                .iter()
+                .any(|(_, m)| matches!(m, Message::Error(e) if e.code == ErrorCode::Timeout));
     }
-    assert!(closed, "a 16-byte frame at 1 byte/s must be cut off by the 2.5 s frame deadline");
+    assert!(
+        closed,
+        "a 16-byte frame at 1 byte/s must be cut off by the 2.5 s frame deadline"
+    );
     assert!(started.elapsed() < Duration::from_secs(12));
 }
 
@@ -182,7 +235,10 @@ async fn oversized_value_and_out_of_window_epoch_are_typed_failures() {
         c.insert(Epoch(e.0 - 2), key(1), vec![1]).await.unwrap(),
         InsertReply::Failed(FailCause::EpochOutOfWindow { .. })
     ));
-    assert!(matches!(c.insert(Epoch(0), key(1), vec![1]).await.unwrap(), InsertReply::Failed(FailCause::EpochOutOfWindow { .. })));
+    assert!(matches!(
+        c.insert(Epoch(0), key(1), vec![1]).await.unwrap(),
+        InsertReply::Failed(FailCause::EpochOutOfWindow { .. })
+    ));
 }
 
 #[tokio::test]
@@ -192,17 +248,32 @@ async fn full_key_evicts_the_oldest_and_keeps_the_newest() {
     let c = node.client().await;
     let e = epoch_now(3600);
     for i in 0..12u8 {
-        assert!(matches!(c.insert(e, key(5), vec![i; 4]).await.unwrap(), InsertReply::Stored { .. }));
+        assert!(matches!(
+            c.insert(e, key(5), vec![i; 4]).await.unwrap(),
+            InsertReply::Stored { .. }
+        ));
     }
-    let RetrieveReply::Found(values) = c.retrieve(e, key(5)).await.unwrap() else { panic!("not found") };
+    let RetrieveReply::Found(values) = c.retrieve(e, key(5)).await.unwrap() else {
+        panic!("not found")
+    };
     let firsts: Vec<u8> = values.iter().map(|v| v[0]).collect();
-    assert_eq!(firsts, vec![11, 10, 9, 8, 7, 6, 5, 4], "8 newest kept, newest first");
+    assert_eq!(
+        firsts,
+        vec![11, 10, 9, 8, 7, 6, 5, 4],
+        "8 newest kept, newest first"
+    );
 }
 
 #[tokio::test]
 async fn a_thousand_connections_from_one_client() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &["--config", &write_config(dir.path(), "max_connections = 600\n")]);
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--config",
+            &write_config(dir.path(), "max_connections = 600\n"),
+        ],
+    );
     // SAFETY: raising this process's own soft fd limit to its hard limit.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
@@ -237,7 +308,10 @@ async fn a_thousand_connections_from_one_client() {
 #[test]
 fn bad_config_names_the_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "epoch_secs = 0\nwal = \"maybe\"\nnot_a_key = 3\n");
+    let cfg = write_config(
+        dir.path(),
+        "epoch_secs = 0\nwal = \"maybe\"\nnot_a_key = 3\n",
+    );
     match Node::try_start(dir.path(), &["--config", &cfg]) {
         tarn_tests::Started::Failed { code, stderr } => {
             assert_eq!(code, Some(2));
@@ -271,7 +345,10 @@ fn second_node_on_a_used_port_refuses_to_start() {
 }
 
 fn write_config(dir: &std::path::Path, text: &str) -> String {
-    let p = dir.join(format!("tarnd-{}.toml", blake3::hash(text.as_bytes()).to_hex()));
+    let p = dir.join(format!(
+        "tarnd-{}.toml",
+        blake3::hash(text.as_bytes()).to_hex()
+    ));
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
 }

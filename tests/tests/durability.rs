@@ -38,7 +38,12 @@ async fn records_survive_sigterm_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(dir.path(), &[]);
     let e = insert_many(&node, 2000).await;
-    assert_eq!(node.terminate(), Some(0), "graceful stop exits 0; logs:\n{}", node.logs());
+    assert_eq!(
+        node.terminate(),
+        Some(0),
+        "graceful stop exits 0; logs:\n{}",
+        node.logs()
+    );
     node.restart();
     check_all(&node, e, 2000).await;
     let status = node.client().await.status().await.unwrap();

@@ -23,7 +23,11 @@ async fn expired_epochs_are_dropped_and_live_ones_kept() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(c.retrieve(e0, key(1)).await.unwrap(), RetrieveReply::Found(vec![b"old".to_vec()]), "still live");
+    assert_eq!(
+        c.retrieve(e0, key(1)).await.unwrap(),
+        RetrieveReply::Found(vec![b"old".to_vec()]),
+        "still live"
+    );
     let e2 = now(c.time().await.unwrap());
     c.insert(e2, key(2), b"new".to_vec()).await.unwrap();
     loop {
@@ -35,10 +39,20 @@ async fn expired_epochs_are_dropped_and_live_ones_kept() {
     }
     // GC runs within 50 ms of the boundary.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(c.retrieve(e0, key(1)).await.unwrap(), RetrieveReply::NotFound);
-    assert_eq!(c.retrieve(e2, key(2)).await.unwrap(), RetrieveReply::Found(vec![b"new".to_vec()]));
+    assert_eq!(
+        c.retrieve(e0, key(1)).await.unwrap(),
+        RetrieveReply::NotFound
+    );
+    assert_eq!(
+        c.retrieve(e2, key(2)).await.unwrap(),
+        RetrieveReply::Found(vec![b"new".to_vec()])
+    );
     let status = c.status().await.unwrap();
-    assert!(status.epochs.iter().all(|s| s.epoch > e0), "{:?}", status.epochs);
+    assert!(
+        status.epochs.iter().all(|s| s.epoch > e0),
+        "{:?}",
+        status.epochs
+    );
     let text = node.scrape();
     assert!(metric(&text, "tarn_gc_epochs_dropped_total").unwrap() >= 1.0);
 }

@@ -12,13 +12,17 @@ use tarn_node::timesync;
 use tarn_tests::{metric, Node};
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// A fake SNTP server whose clock is `offset_s` seconds off; stops when `stop` is set.
 fn fake_server(offset_s: i64, stop: Arc<AtomicBool>) -> String {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let addr = sock.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         let mut buf = [0u8; 128];
@@ -43,7 +47,12 @@ async fn offset_seen(node: &Node) -> (f64, bool) {
 #[tokio::test]
 async fn node_settles_on_the_honest_median() {
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = [fake_server(37, stop.clone()), fake_server(37, stop.clone()), fake_server(-4000, stop.clone())].join(",");
+    let servers = [
+        fake_server(37, stop.clone()),
+        fake_server(37, stop.clone()),
+        fake_server(-4000, stop.clone()),
+    ]
+    .join(",");
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &["--ntp-servers", &servers]);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -53,7 +62,11 @@ async fn node_settles_on_the_honest_median() {
             assert!((offset - 37.0).abs() < 0.5, "offset {offset}");
             break;
         }
-        assert!(Instant::now() < deadline, "never synced; logs:\n{}", node.logs());
+        assert!(
+            Instant::now() < deadline,
+            "never synced; logs:\n{}",
+            node.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let text = node.scrape();
@@ -77,8 +90,11 @@ async fn without_servers_the_system_clock_is_served_and_flagged() {
 
 #[tokio::test]
 async fn interoperates_with_chrony() {
-    let chronyd = ["/usr/sbin/chronyd", "/sbin/chronyd"].into_iter().find(|p| std::path::Path::new(p).exists());
-    let chronyd = chronyd.expect("chronyd is installed by the test command (apt-get install chrony)");
+    let chronyd = ["/usr/sbin/chronyd", "/sbin/chronyd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let chronyd =
+        chronyd.expect("chronyd is installed by the test command (apt-get install chrony)");
     let dir = tempfile::tempdir().unwrap();
     let port = {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -128,7 +144,10 @@ async fn interoperates_with_chrony() {
             }
         }
     };
-    assert!(sample.offset_ns.abs() < 1_000_000_000, "chrony on this host is within a second: {sample:?}");
+    assert!(
+        sample.offset_ns.abs() < 1_000_000_000,
+        "chrony on this host is within a second: {sample:?}"
+    );
 
     let node = Node::start(dir.path(), &["--ntp-servers", &server]);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -138,7 +157,11 @@ async fn interoperates_with_chrony() {
             assert!(offset.abs() < 1.0, "offset {offset}");
             break;
         }
-        assert!(Instant::now() < deadline, "never synced against chrony; logs:\n{}", node.logs());
+        assert!(
+            Instant::now() < deadline,
+            "never synced against chrony; logs:\n{}",
+            node.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let text = node.scrape();

@@ -21,7 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "tarn-load", about = "Load generator for tarnd and redis-server")]
+#[command(
+    name = "tarn-load",
+    about = "Load generator for tarnd and redis-server"
+)]
 struct Args {
     /// tarn://HOST:PORT or redis://HOST:PORT.
     #[arg(long)]
@@ -65,7 +68,10 @@ struct Args {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
     let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
     let secs = match unit {
         "s" | "" => n,
@@ -104,17 +110,25 @@ fn main() -> anyhow::Result<()> {
     if args.conns == 0 || args.pipeline == 0 || args.insert_pct > 100 || args.keys == 0 {
         bail!("--conns, --pipeline and --keys must be positive and --insert-pct at most 100");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
     rt.block_on(run(args, proto, addr))
 }
 
 async fn run(args: Args, proto: Proto, addr: String) -> anyhow::Result<()> {
-    let keys: Vec<Key> = (0..args.keys).map(|i| Key(*blake3::hash(&i.to_le_bytes()).as_bytes())).collect();
+    let keys: Vec<Key> = (0..args.keys)
+        .map(|i| Key(*blake3::hash(&i.to_le_bytes()).as_bytes()))
+        .collect();
     let epoch = match proto {
         Proto::Tarn => {
             let c = tarn_client::NodeClient::connect(
                 &addr,
-                &tarn_client::NodeOptions { network: NetworkId::from_name(&args.network), ..Default::default() },
+                &tarn_client::NodeOptions {
+                    network: NetworkId::from_name(&args.network),
+                    ..Default::default()
+                },
             )
             .await
             .context("connecting to the target")?;
@@ -193,7 +207,9 @@ async fn run(args: Args, proto: Proto, addr: String) -> anyhow::Result<()> {
             hist.value_at_quantile(0.999),
             hist.max(),
             errors,
-            cpu_per_op.map(|c| format!("  server cpu {:.2}us/op", c * 1e6)).unwrap_or_default()
+            cpu_per_op
+                .map(|c| format!("  server cpu {:.2}us/op", c * 1e6))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -248,9 +264,19 @@ impl Conn {
     async fn open(s: &Shared) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(&s.addr).await.context("connect")?;
         stream.set_nodelay(true)?;
-        let mut c = Conn { stream, out: Vec::new(), inbuf: Vec::with_capacity(64 * 1024), start: 0, decoder: Decoder::new() };
+        let mut c = Conn {
+            stream,
+            out: Vec::new(),
+            inbuf: Vec::with_capacity(64 * 1024),
+            start: 0,
+            decoder: Decoder::new(),
+        };
         if s.proto == Proto::Tarn {
-            let h = Hello { version: 1, network: NetworkId::from_name(&s.args.network), epoch_len_secs: 0 };
+            let h = Hello {
+                version: 1,
+                network: NetworkId::from_name(&s.args.network),
+                epoch_len_secs: 0,
+            };
             frame::encode(0, &Message::Hello(h), &mut c.out)?;
             c.flush().await?;
             match c.next_tarn(s).await? {
@@ -266,9 +292,16 @@ impl Conn {
         match s.proto {
             Proto::Tarn => {
                 let m = if insert {
-                    Message::Insert(Insert { epoch: s.epoch, key, value: s.value.clone() })
+                    Message::Insert(Insert {
+                        epoch: s.epoch,
+                        key,
+                        value: s.value.clone(),
+                    })
                 } else {
-                    Message::Retrieve(Retrieve { epoch: s.epoch, key })
+                    Message::Retrieve(Retrieve {
+                        epoch: s.epoch,
+                        key,
+                    })
                 };
                 frame::encode(id, &m, &mut self.out)?;
             }
@@ -276,7 +309,8 @@ impl Conn {
                 if insert {
                     self.out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$32\r\n");
                     self.out.extend_from_slice(&key.0);
-                    self.out.extend_from_slice(format!("\r\n${}\r\n", s.value.len()).as_bytes());
+                    self.out
+                        .extend_from_slice(format!("\r\n${}\r\n", s.value.len()).as_bytes());
                     self.out.extend_from_slice(&s.value);
                     self.out.extend_from_slice(b"\r\n");
                 } else {
@@ -325,11 +359,11 @@ impl Conn {
     /// Receives one reply; returns whether it was a success.
     async fn recv(&mut self, s: &Shared) -> anyhow::Result<bool> {
         match s.proto {
-            Proto::Tarn => Ok(match self.next_tarn(s).await? {
-                Message::InsertReply(InsertReply::Stored { .. }) => true,
-                Message::RetrieveReply(RetrieveReply::Found(_) | RetrieveReply::NotFound) => true,
-                _ => false,
-            }),
+            Proto::Tarn => Ok(matches!(
+                self.next_tarn(s).await?,
+                Message::InsertReply(InsertReply::Stored { .. })
+                    | Message::RetrieveReply(RetrieveReply::Found(_) | RetrieveReply::NotFound)
+            )),
             Proto::Redis => loop {
                 if let Some((ok, len)) = parse_resp(&self.inbuf[self.start..]) {
                     self.start += len;
@@ -361,7 +395,8 @@ fn parse_resp(b: &[u8]) -> Option<(bool, usize)> {
 
 async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed);
+    let mut rng =
+        rand::rngs::SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed);
     let mut conn = Conn::open(&s).await?;
     let mut inflight: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     let mut done = 0u64;

@@ -94,7 +94,11 @@ impl Default for Config {
 
 /// Command line (each flag also reads `TARN_<NAME>` from the environment).
 #[derive(Parser, Debug, Default)]
-#[command(name = "tarnd", version, about = "tarn Chord node: a privacy-preserving presence registry")]
+#[command(
+    name = "tarnd",
+    version,
+    about = "tarn Chord node: a privacy-preserving presence registry"
+)]
 pub struct Cli {
     /// TOML configuration file (keys as in ops/tarnd.example.toml).
     #[arg(long, env = "TARN_CONFIG")]
@@ -192,7 +196,10 @@ struct Loader {
 
 impl Loader {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(Problem { key: key.into(), message: message.into() });
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
     /// Applies one textual value (from a flag, the environment, or a TOML scalar).
@@ -209,7 +216,11 @@ impl Loader {
                     c.data_dir = PathBuf::from(raw)
                 }
                 "metrics_listen" => {
-                    c.metrics_listen = if raw.is_empty() || raw == "off" { None } else { Some(parse_addr(raw)?) }
+                    c.metrics_listen = if raw.is_empty() || raw == "off" {
+                        None
+                    } else {
+                        Some(parse_addr(raw)?)
+                    }
                 }
                 "network" => c.network = raw.to_string(),
                 "epoch_secs" => c.epoch_secs = parse_num(raw)?,
@@ -225,7 +236,9 @@ impl Loader {
                 "frame_timeout_ms" => c.frame_timeout = Duration::from_millis(parse_num(raw)?),
                 "idle_timeout_secs" => c.idle_timeout = Duration::from_secs(parse_num(raw)?),
                 "wal" => c.wal = parse_wal(raw)?,
-                "wal_sync_interval_ms" => c.wal_sync_interval = Duration::from_millis(parse_num(raw)?),
+                "wal_sync_interval_ms" => {
+                    c.wal_sync_interval = Duration::from_millis(parse_num(raw)?)
+                }
                 "ntp_servers" => c.ntp_servers = split_list(raw),
                 "ntp_poll_secs" => c.ntp_poll = Duration::from_secs(parse_num(raw)?),
                 "block_cache_bytes" => c.block_cache_bytes = parse_num(raw)?,
@@ -337,7 +350,10 @@ impl Loader {
         if !c.join.is_empty() {
             // Accepted by the parser so configs can be written ahead, refused so that nobody
             // believes a node joined a ring that this build cannot form.
-            self.problem("join", "ring membership is not in this build yet (the ring issue); run without join");
+            self.problem(
+                "join",
+                "ring membership is not in this build yet (the ring issue); run without join",
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log) {
             self.problem("log", format!("not a valid filter: {e}"));
@@ -345,7 +361,10 @@ impl Loader {
         let mask = crate::cpu::affinity_mask();
         for cpu in &c.cpus {
             if !mask.contains(cpu) {
-                self.problem("cpus", format!("CPU {cpu} is not in this process's affinity mask {mask:?}"));
+                self.problem(
+                    "cpus",
+                    format!("CPU {cpu} is not in this process's affinity mask {mask:?}"),
+                );
             }
         }
         if c.cores > 1024 {
@@ -359,15 +378,23 @@ fn non_empty(s: &str) -> Option<String> {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| format!("{s:?} is not an IP:PORT address"))
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IP:PORT address"))
 }
 
 fn parse_num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
-    s.trim().replace('_', "").parse().map_err(|_| format!("{s:?} is not a valid non-negative integer"))
+    s.trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{s:?} is not a valid non-negative integer"))
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn parse_wal(s: &str) -> Result<WalPolicy, String> {
@@ -376,7 +403,11 @@ fn parse_wal(s: &str) -> Result<WalPolicy, String> {
         "nosync" => WalPolicy::NoSync,
         "periodic" => WalPolicy::Periodic,
         "every-write" => WalPolicy::EveryWrite,
-        _ => return Err(format!("{s:?} is not one of disabled, nosync, periodic, every-write")),
+        _ => {
+            return Err(format!(
+                "{s:?} is not one of disabled, nosync, periodic, every-write"
+            ))
+        }
     })
 }
 
@@ -387,7 +418,8 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
         let bad = || format!("{part:?} is not a CPU number or range");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b || b - a > 4096 {
                     return Err(bad());
                 }
@@ -413,7 +445,10 @@ impl Config {
     /// Loads defaults, then the file named by `--config` (if any), then environment and flags,
     /// and validates the result.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-        let mut l = Loader { cfg: Config::default(), problems: Vec::new() };
+        let mut l = Loader {
+            cfg: Config::default(),
+            problems: Vec::new(),
+        };
         if let Some(path) = &cli.config {
             match std::fs::read_to_string(path) {
                 Ok(text) => l.apply_toml(&text, "config"),
@@ -423,7 +458,10 @@ impl Config {
         let flags: [(&str, Option<String>); 12] = [
             ("listen", cli.listen.clone()),
             ("advertise", cli.advertise.clone()),
-            ("data_dir", cli.data_dir.as_ref().map(|p| p.display().to_string())),
+            (
+                "data_dir",
+                cli.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
             ("metrics_listen", cli.metrics_listen.clone()),
             ("network", cli.network.clone()),
             ("epoch_secs", cli.epoch_secs.clone()),
@@ -449,7 +487,10 @@ impl Config {
 
     /// Loads a TOML text alone over the defaults (for `config check` and tests).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let mut l = Loader { cfg: Config::default(), problems: Vec::new() };
+        let mut l = Loader {
+            cfg: Config::default(),
+            problems: Vec::new(),
+        };
         l.apply_toml(text, "config");
         l.validate();
         if l.problems.is_empty() {
@@ -493,7 +534,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
         std::fs::write(&path, "epoch_secs = 60\ncores = 1\n").unwrap();
-        let cli = Cli { config: Some(path), epoch_secs: Some("2".into()), ..Default::default() };
+        let cli = Cli {
+            config: Some(path),
+            epoch_secs: Some("2".into()),
+            ..Default::default()
+        };
         let c = Config::load(&cli).unwrap();
         assert_eq!(c.epoch_secs, 2);
         assert_eq!(c.cores, 1);
@@ -503,7 +548,10 @@ mod tests {
     fn lists_and_ranges() {
         assert_eq!(parse_cpu_list("0,2-4").unwrap(), vec![0, 2, 3, 4]);
         assert!(parse_cpu_list("3-1").is_err());
-        let c = Config::from_toml("ntp_servers = [\"127.0.0.1:123\", \"127.0.0.2:123\"]\nmetrics_listen = \"off\"").unwrap();
+        let c = Config::from_toml(
+            "ntp_servers = [\"127.0.0.1:123\", \"127.0.0.2:123\"]\nmetrics_listen = \"off\"",
+        )
+        .unwrap();
         assert_eq!(c.ntp_servers.len(), 2);
         assert_eq!(c.metrics_listen, None);
     }

@@ -24,7 +24,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,13 +56,27 @@ impl Identity {
     pub fn load_or_create(dir: &Path) -> Result<Identity, IdentityError> {
         let path = dir.join(KEY_FILE);
         let shown = path.display().to_string();
-        let io = |source| IdentityError::Io { path: shown.clone(), source };
+        let io = |source| IdentityError::Io {
+            path: shown.clone(),
+            source,
+        };
         let secret: [u8; 32] = match std::fs::read(&path) {
-            Ok(bytes) => bytes.as_slice().try_into().map_err(|_| IdentityError::Corrupt { path: shown.clone(), len: bytes.len() })?,
+            Ok(bytes) => bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| IdentityError::Corrupt {
+                    path: shown.clone(),
+                    len: bytes.len(),
+                })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut secret = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut secret);
-                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io)?;
                 f.write_all(&secret).map_err(io)?;
                 f.sync_all().map_err(io)?;
                 secret
@@ -78,7 +94,11 @@ impl Identity {
     pub fn from_secret(secret: [u8; 32]) -> Identity {
         let signing = SigningKey::from_bytes(&secret);
         let public_key = signing.verifying_key().to_bytes();
-        Identity { signing, public_key, id: Id::of_public_key(&public_key) }
+        Identity {
+            signing,
+            public_key,
+            id: Id::of_public_key(&public_key),
+        }
     }
 }
 
@@ -92,9 +112,15 @@ mod tests {
         let a = Identity::load_or_create(dir.path()).unwrap();
         let b = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(a.id, b.id);
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
-        assert!(matches!(Identity::load_or_create(dir.path()), Err(IdentityError::Corrupt { len: 5, .. })));
+        assert!(matches!(
+            Identity::load_or_create(dir.path()),
+            Err(IdentityError::Corrupt { len: 5, .. })
+        ));
     }
 }

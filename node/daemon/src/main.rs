@@ -51,7 +51,8 @@ fn raise_fd_limit() {
 fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     raise_fd_limit();
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let identity = Identity::load_or_create(&cfg.data_dir)?;
 
     // Bind before opening the store, so a second tarnd on the same port stops here.
@@ -79,9 +80,14 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 
     let clock = Clock::new();
     let metrics = Metrics::new();
-    metrics.start_time_seconds.set(timesync::system_ns() as f64 / 1e9);
+    metrics
+        .start_time_seconds
+        .set(timesync::system_ns() as f64 / 1e9);
     let shared = Arc::new(Shared {
-        advertise: cfg.advertise.clone().unwrap_or_else(|| listen_addr.to_string()),
+        advertise: cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| listen_addr.to_string()),
         network: NetworkId::from_name(&cfg.network),
         node_id: identity.id,
         public_key: identity.public_key,
@@ -104,32 +110,57 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut threads = Vec::new();
     if !cfg.ntp_servers.is_empty() {
-        let (servers, poll, clock, stop) = (cfg.ntp_servers.clone(), cfg.ntp_poll, clock.clone(), stop.clone());
-        threads.push(std::thread::Builder::new().name("tarn-sntp".into()).spawn(move || {
-            timesync::run_poller(servers, poll, clock, stop)
-        })?);
+        let (servers, poll, clock, stop) = (
+            cfg.ntp_servers.clone(),
+            cfg.ntp_poll,
+            clock.clone(),
+            stop.clone(),
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("tarn-sntp".into())
+                .spawn(move || timesync::run_poller(servers, poll, clock, stop))?,
+        );
     }
     let metrics_server = match cfg.metrics_listen {
         Some(addr) => {
             let server = tiny_http::Server::http(addr)
                 .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
-            let bound = server.server_addr().to_ip().map(|a| a.to_string()).unwrap_or_default();
+            let bound = server
+                .server_addr()
+                .to_ip()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             let server = Arc::new(server);
-            let (s, m, st, c, e) = (server.clone(), metrics.clone(), store.clone(), clock.clone(), cfg.epoch_secs);
-            std::thread::Builder::new().name("tarn-metrics".into()).spawn(move || {
-                tarn_node::metrics::serve_shared(&s, m, st, c, e)
-            })?;
+            let (s, m, st, c, e) = (
+                server.clone(),
+                metrics.clone(),
+                store.clone(),
+                clock.clone(),
+                cfg.epoch_secs,
+            );
+            std::thread::Builder::new()
+                .name("tarn-metrics".into())
+                .spawn(move || tarn_node::metrics::serve_shared(&s, m, st, c, e))?;
             Some((server, bound))
         }
         None => None,
     };
     {
         let s = shared.clone();
-        threads.push(std::thread::Builder::new().name("tarn-gc".into()).spawn(move || maintenance::run_gc(s))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("tarn-gc".into())
+                .spawn(move || maintenance::run_gc(s))?,
+        );
     }
     if cfg.wal == tarn_store::WalPolicy::Periodic {
         let (s, every) = (shared.clone(), cfg.wal_sync_interval);
-        threads.push(std::thread::Builder::new().name("tarn-wal".into()).spawn(move || maintenance::run_wal_sync(s, every))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("tarn-wal".into())
+                .spawn(move || maintenance::run_wal_sync(s, every))?,
+        );
     }
 
     let mut cores = Vec::new();
@@ -153,8 +184,14 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     );
     tracing::warn!("running as a lone node: fine for development, not a ring");
     // One machine-readable line on stdout for scripts and tests.
-    let metrics_addr = metrics_server.as_ref().map(|(_, a)| a.clone()).unwrap_or_else(|| "off".into());
-    println!("tarnd ready listen={listen_addr} metrics={metrics_addr} node_id={}", identity.id.to_hex());
+    let metrics_addr = metrics_server
+        .as_ref()
+        .map(|(_, a)| a.clone())
+        .unwrap_or_else(|| "off".into());
+    println!(
+        "tarnd ready listen={listen_addr} metrics={metrics_addr} node_id={}",
+        identity.id.to_hex()
+    );
     let _ = std::io::stdout().flush();
 
     while !stop.load(Ordering::Relaxed) {

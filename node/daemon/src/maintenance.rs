@@ -23,7 +23,12 @@ pub fn gc_pass(shared: &Shared, now: Epoch) -> Result<Vec<Epoch>, tarn_store::St
     m.gc_seconds.observe(started.elapsed().as_secs_f64());
     m.gc_last_success.set(system_ns() as f64 / 1e9);
     if !report.dropped.is_empty() {
-        tracing::info!(dropped = report.dropped.len(), records = report.records, oldest_live = oldest.0, "expired epochs dropped");
+        tracing::info!(
+            dropped = report.dropped.len(),
+            records = report.records,
+            oldest_live = oldest.0,
+            "expired epochs dropped"
+        );
     }
     Ok(report.dropped)
 }
@@ -54,12 +59,18 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
             match shared.store.sync() {
                 Ok(()) => {
                     shared.metrics.wal_syncs.inc();
-                    shared.metrics.storage_seconds.with_label_values(&["wal_sync"]).observe(t.elapsed().as_secs_f64());
+                    shared
+                        .metrics
+                        .storage_seconds
+                        .with_label_values(&["wal_sync"])
+                        .observe(t.elapsed().as_secs_f64());
                 }
                 Err(e) => tracing::error!(error = %e, "WAL sync failed"),
             }
             next = now + interval;
         }
-        std::thread::sleep((next.saturating_duration_since(Instant::now())).min(Duration::from_millis(50)));
+        std::thread::sleep(
+            (next.saturating_duration_since(Instant::now())).min(Duration::from_millis(50)),
+        );
     }
 }

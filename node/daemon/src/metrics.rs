@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tarn_proto::Epoch;
 use tarn_store::Store;
@@ -62,7 +62,8 @@ pub struct Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
@@ -70,17 +71,27 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
-        let lat = vec![5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0];
+        let lat = vec![
+            5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1,
+            0.5, 1.0,
+        ];
         let m = Metrics {
             requests: reg(
                 &r,
-                IntCounterVec::new(Opts::new("tarn_requests_total", "Client requests by type and outcome"), &["type", "outcome"])
-                    .expect("valid"),
+                IntCounterVec::new(
+                    Opts::new("tarn_requests_total", "Client requests by type and outcome"),
+                    &["type", "outcome"],
+                )
+                .expect("valid"),
             ),
             request_seconds: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("tarn_request_duration_seconds", "Request latency inside the node").buckets(lat.clone()),
+                    HistogramOpts::new(
+                        "tarn_request_duration_seconds",
+                        "Request latency inside the node",
+                    )
+                    .buckets(lat.clone()),
                     &["type"],
                 )
                 .expect("valid"),
@@ -88,8 +99,11 @@ impl Metrics {
             storage_seconds: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("tarn_storage_duration_seconds", "Time in the storage engine (blocking boundary)")
-                        .buckets(lat),
+                    HistogramOpts::new(
+                        "tarn_storage_duration_seconds",
+                        "Time in the storage engine (blocking boundary)",
+                    )
+                    .buckets(lat),
                     &["op"],
                 )
                 .expect("valid"),
@@ -98,70 +112,141 @@ impl Metrics {
                 &r,
                 Histogram::with_opts(
                     HistogramOpts::new("tarn_insert_batch_size", "Inserts per group commit")
-                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+                        .buckets(vec![
+                            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+                        ]),
                 )
                 .expect("valid"),
             ),
-            connections_open: reg(&r, IntGauge::new("tarn_connections_open", "Open client connections").expect("valid")),
-            connections_total: reg(&r, IntCounter::new("tarn_connections_total", "Connections accepted").expect("valid")),
+            connections_open: reg(
+                &r,
+                IntGauge::new("tarn_connections_open", "Open client connections").expect("valid"),
+            ),
+            connections_total: reg(
+                &r,
+                IntCounter::new("tarn_connections_total", "Connections accepted").expect("valid"),
+            ),
             connections_refused: reg(
                 &r,
-                IntCounter::new("tarn_connections_refused_total", "Connections refused at max_connections").expect("valid"),
+                IntCounter::new(
+                    "tarn_connections_refused_total",
+                    "Connections refused at max_connections",
+                )
+                .expect("valid"),
             ),
             rejected: reg(
                 &r,
-                IntCounterVec::new(Opts::new("tarn_rejected_total", "Frames or connections rejected, by reason"), &["reason"])
-                    .expect("valid"),
+                IntCounterVec::new(
+                    Opts::new(
+                        "tarn_rejected_total",
+                        "Frames or connections rejected, by reason",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
             ),
             records: reg(
                 &r,
-                IntGaugeVec::new(Opts::new("tarn_store_records", "Values accepted per live epoch, by epoch age"), &["epoch_age"])
-                    .expect("valid"),
-            ),
-            bytes: reg(
-                &r,
                 IntGaugeVec::new(
-                    Opts::new("tarn_store_bytes", "Value bytes accepted per live epoch, by epoch age"),
+                    Opts::new(
+                        "tarn_store_records",
+                        "Values accepted per live epoch, by epoch age",
+                    ),
                     &["epoch_age"],
                 )
                 .expect("valid"),
             ),
-            gc_runs: reg(&r, IntCounter::new("tarn_gc_runs_total", "Garbage collection runs").expect("valid")),
+            bytes: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tarn_store_bytes",
+                        "Value bytes accepted per live epoch, by epoch age",
+                    ),
+                    &["epoch_age"],
+                )
+                .expect("valid"),
+            ),
+            gc_runs: reg(
+                &r,
+                IntCounter::new("tarn_gc_runs_total", "Garbage collection runs").expect("valid"),
+            ),
             gc_epochs_dropped: reg(
                 &r,
-                IntCounter::new("tarn_gc_epochs_dropped_total", "Epoch partitions dropped").expect("valid"),
+                IntCounter::new("tarn_gc_epochs_dropped_total", "Epoch partitions dropped")
+                    .expect("valid"),
             ),
             gc_seconds: reg(
                 &r,
-                Histogram::with_opts(HistogramOpts::new("tarn_gc_duration_seconds", "Garbage collection duration"))
-                    .expect("valid"),
+                Histogram::with_opts(HistogramOpts::new(
+                    "tarn_gc_duration_seconds",
+                    "Garbage collection duration",
+                ))
+                .expect("valid"),
             ),
             gc_last_success: reg(
                 &r,
-                Gauge::new("tarn_gc_last_success_timestamp_seconds", "Unix time of the last successful GC").expect("valid"),
+                Gauge::new(
+                    "tarn_gc_last_success_timestamp_seconds",
+                    "Unix time of the last successful GC",
+                )
+                .expect("valid"),
             ),
-            wal_syncs: reg(&r, IntCounter::new("tarn_wal_syncs_total", "Periodic WAL syncs").expect("valid")),
+            wal_syncs: reg(
+                &r,
+                IntCounter::new("tarn_wal_syncs_total", "Periodic WAL syncs").expect("valid"),
+            ),
             time_offset_seconds: reg(
                 &r,
-                Gauge::new("tarn_time_offset_seconds", "Disciplined clock minus system clock").expect("valid"),
+                Gauge::new(
+                    "tarn_time_offset_seconds",
+                    "Disciplined clock minus system clock",
+                )
+                .expect("valid"),
             ),
             time_uncertainty_seconds: reg(
                 &r,
-                Gauge::new("tarn_time_uncertainty_seconds", "Estimated error of the disciplined clock").expect("valid"),
+                Gauge::new(
+                    "tarn_time_uncertainty_seconds",
+                    "Estimated error of the disciplined clock",
+                )
+                .expect("valid"),
             ),
             ntp_servers_reachable: reg(
                 &r,
-                IntGauge::new("tarn_ntp_servers_reachable", "Time servers that answered the last poll").expect("valid"),
+                IntGauge::new(
+                    "tarn_ntp_servers_reachable",
+                    "Time servers that answered the last poll",
+                )
+                .expect("valid"),
             ),
-            ntp_synced: reg(&r, IntGauge::new("tarn_ntp_synced", "1 when time servers discipline the clock").expect("valid")),
-            epoch: reg(&r, IntGauge::new("tarn_epoch", "The node's current epoch").expect("valid")),
+            ntp_synced: reg(
+                &r,
+                IntGauge::new(
+                    "tarn_ntp_synced",
+                    "1 when time servers discipline the clock",
+                )
+                .expect("valid"),
+            ),
+            epoch: reg(
+                &r,
+                IntGauge::new("tarn_epoch", "The node's current epoch").expect("valid"),
+            ),
             start_time_seconds: reg(
                 &r,
-                Gauge::new("tarn_start_time_seconds", "Process start time, Unix seconds").expect("valid"),
+                Gauge::new(
+                    "tarn_start_time_seconds",
+                    "Process start time, Unix seconds",
+                )
+                .expect("valid"),
             ),
             registry: r,
         };
-        let info = IntGaugeVec::new(Opts::new("tarn_build_info", "Build information"), &["version"]).expect("valid");
+        let info = IntGaugeVec::new(
+            Opts::new("tarn_build_info", "Build information"),
+            &["version"],
+        )
+        .expect("valid");
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m.registry.register(Box::new(info)).expect("unique");
         Arc::new(m)
@@ -173,18 +258,24 @@ impl Metrics {
         let now_epoch = Epoch::at_unix_ns(now.unix_ns, epoch_secs);
         self.epoch.set(now_epoch.0 as i64);
         self.time_offset_seconds.set(clock.offset_ns() as f64 / 1e9);
-        self.time_uncertainty_seconds.set(now.uncertainty_ns as f64 / 1e9);
+        self.time_uncertainty_seconds
+            .set(now.uncertainty_ns as f64 / 1e9);
         self.ntp_synced.set(now.synced as i64);
-        self.ntp_servers_reachable.set(clock.reachable_servers() as i64);
+        self.ntp_servers_reachable
+            .set(clock.reachable_servers() as i64);
         self.records.reset();
         self.bytes.reset();
         for e in store.stats().epochs {
             let age = (now_epoch.0 as i64 - e.epoch.0 as i64).to_string();
-            self.records.with_label_values(&[&age]).add(e.records as i64);
+            self.records
+                .with_label_values(&[&age])
+                .add(e.records as i64);
             self.bytes.with_label_values(&[&age]).add(e.bytes as i64);
         }
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
     }
 }
@@ -201,7 +292,9 @@ pub fn serve_shared(
         let resp = if req.url() == "/metrics" {
             let body = metrics.render(store.as_ref(), &clock, epoch_secs);
             tiny_http::Response::from_string(body).with_header(
-                "Content-Type: text/plain; version=0.0.4".parse::<tiny_http::Header>().expect("valid header"),
+                "Content-Type: text/plain; version=0.0.4"
+                    .parse::<tiny_http::Header>()
+                    .expect("valid header"),
             )
         } else {
             tiny_http::Response::from_string("tarnd: see /metrics\n").with_status_code(404)

@@ -106,7 +106,12 @@ struct Core {
 impl Core {
     /// A strictly increasing stamp from the disciplined clock.
     fn stamp(&self) -> u64 {
-        let s = self.shared.clock.now().unix_ns.max(self.last_stamp.get() + 1);
+        let s = self
+            .shared
+            .clock
+            .now()
+            .unix_ns
+            .max(self.last_stamp.get() + 1);
         self.last_stamp.set(s);
         s
     }
@@ -117,7 +122,13 @@ impl Core {
         self.queue.borrow_mut().push(Job { items, done: tx });
         let _ = self.wake.try_send(());
         rx.await.unwrap_or_else(|_| {
-            vec![Err(StoreError::Engine { op: "put", detail: "group commit abandoned".into() }); n]
+            vec![
+                Err(StoreError::Engine {
+                    op: "put",
+                    detail: "group commit abandoned".into()
+                });
+                n
+            ]
         })
     }
 }
@@ -145,7 +156,12 @@ async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
                 .spawn_blocking(move || {
                     let items: Vec<PutItem<'_>> = all
                         .iter()
-                        .map(|p| PutItem { epoch: p.epoch, key: p.key, stamp: p.stamp, value: &p.value })
+                        .map(|p| PutItem {
+                            epoch: p.epoch,
+                            key: p.key,
+                            stamp: p.stamp,
+                            value: &p.value,
+                        })
                         .collect();
                     store.put_batch(&items)
                 })
@@ -162,12 +178,21 @@ async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
 /// Binds the client listeners: one SO_REUSEPORT socket per core on the same address. Refuses
 /// when another process already listens there (a plain bind without SO_REUSEPORT is tried
 /// first, which fails if anyone holds the port). Port 0 resolves to one free port for all.
-pub fn bind_listeners(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_listeners(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Socket, Type};
     let domain = Domain::for_address(addr);
     let probe = Socket::new(domain, Type::STREAM, None)?;
+    // SO_REUSEADDR lets a restarted node bind past its predecessor's TIME_WAIT connections;
+    // on Linux it still fails while any socket listens on the address.
+    probe.set_reuse_address(true)?;
     probe.bind(&addr.into()).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e} (is another tarnd running?)"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e} (is another tarnd running?)"),
+        )
     })?;
     let resolved = probe.local_addr()?.as_socket().expect("inet address");
     drop(probe);
@@ -189,12 +214,15 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
     use std::os::fd::IntoRawFd;
     let listen_fd = listener.as_raw_fd();
     // SAFETY: the fd comes from a bound, listening socket we own and hand over here.
-    let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
+    let listener =
+        unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
     let metrics = &shared.metrics;
     let m = CoreMetrics {
         insert_ok: metrics.requests.with_label_values(&["insert", "ok"]),
         retrieve_found: metrics.requests.with_label_values(&["retrieve", "found"]),
-        retrieve_not_found: metrics.requests.with_label_values(&["retrieve", "not_found"]),
+        retrieve_not_found: metrics
+            .requests
+            .with_label_values(&["retrieve", "not_found"]),
         insert_seconds: metrics.request_seconds.with_label_values(&["insert"]),
         retrieve_seconds: metrics.request_seconds.with_label_values(&["retrieve"]),
         put_seconds: metrics.storage_seconds.with_label_values(&["put_batch"]),
@@ -262,7 +290,13 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
 async fn refuse(mut stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let mut out = Vec::new();
-    if frame::encode(0, &Message::error(ErrorCode::Overloaded, "connection limit reached"), &mut out).is_ok() {
+    if frame::encode(
+        0,
+        &Message::error(ErrorCode::Overloaded, "connection limit reached"),
+        &mut out,
+    )
+    .is_ok()
+    {
         let _ = stream.write_all(&out).await;
     }
     let _ = stream.close().await;
@@ -326,7 +360,12 @@ impl Conn {
     }
 
     fn reject(&mut self, request_id: u64, code: ErrorCode, detail: String) -> End {
-        self.core.shared.metrics.rejected.with_label_values(&[reason_label(code)]).inc();
+        self.core
+            .shared
+            .metrics
+            .rejected
+            .with_label_values(&[reason_label(code)])
+            .inc();
         self.reply(request_id, &Message::error(code, detail));
         if code.is_fatal() {
             End::Close
@@ -404,20 +443,21 @@ impl Conn {
     async fn process(&mut self) -> End {
         let max = self.core.shared.cfg.max_frame_bytes;
         loop {
-            let (request_id, decoded) = match frame::parse_frame(&self.rbuf[self.start..self.end], max) {
-                Ok(Parsed::Incomplete { .. }) => break,
-                Ok(Parsed::Frame(f)) => {
-                    let decoded = self.decoder.decode(&f);
-                    self.start += f.wire_len();
-                    // The frame deadline runs per frame: what remains is a new frame.
-                    self.partial_since = None;
-                    (f.header.request_id, decoded)
-                }
-                Err(fe) => {
-                    self.commit_pending().await;
-                    return self.reject(fe.request_id(), fe.code(), fe.to_string());
-                }
-            };
+            let (request_id, decoded) =
+                match frame::parse_frame(&self.rbuf[self.start..self.end], max) {
+                    Ok(Parsed::Incomplete { .. }) => break,
+                    Ok(Parsed::Frame(f)) => {
+                        let decoded = self.decoder.decode(&f);
+                        self.start += f.wire_len();
+                        // The frame deadline runs per frame: what remains is a new frame.
+                        self.partial_since = None;
+                        (f.header.request_id, decoded)
+                    }
+                    Err(fe) => {
+                        self.commit_pending().await;
+                        return self.reject(fe.request_id(), fe.code(), fe.to_string());
+                    }
+                };
             let end = match decoded {
                 Ok(msg) => self.handle(request_id, msg).await,
                 Err(be) => self.reject(request_id, be.code(), be.to_string()),
@@ -438,10 +478,18 @@ impl Conn {
         let shared = self.core.shared.clone();
         if !self.hello_done {
             let Message::Hello(h) = msg else {
-                return self.reject(request_id, ErrorCode::HelloRequired, "the first frame must be a hello".into());
+                return self.reject(
+                    request_id,
+                    ErrorCode::HelloRequired,
+                    "the first frame must be a hello".into(),
+                );
             };
             if h.network != shared.network {
-                return self.reject(request_id, ErrorCode::NetworkMismatch, "this node belongs to another network".into());
+                return self.reject(
+                    request_id,
+                    ErrorCode::NetworkMismatch,
+                    "this node belongs to another network".into(),
+                );
             }
             if h.epoch_len_secs != 0 && h.epoch_len_secs != shared.cfg.epoch_secs {
                 return self.reject(
@@ -451,7 +499,11 @@ impl Conn {
                 );
             }
             self.hello_done = true;
-            shared.metrics.requests.with_label_values(&["hello", "ok"]).inc();
+            shared
+                .metrics
+                .requests
+                .with_label_values(&["hello", "ok"])
+                .inc();
             self.reply(request_id, &hello_ack(&shared));
             return End::Continue;
         }
@@ -461,16 +513,34 @@ impl Conn {
                 let fail = if !ins.epoch.in_client_window(now) {
                     Some(FailCause::EpochOutOfWindow { now })
                 } else if ins.value.len() > shared.cfg.max_value_bytes as usize {
-                    Some(FailCause::TooLarge { max: shared.cfg.max_value_bytes })
+                    Some(FailCause::TooLarge {
+                        max: shared.cfg.max_value_bytes,
+                    })
                 } else {
                     None
                 };
                 if let Some(cause) = fail {
-                    shared.metrics.requests.with_label_values(&["insert", cause_label(&cause)]).inc();
-                    self.reply(request_id, &Message::InsertReply(InsertReply::Failed(cause)));
+                    shared
+                        .metrics
+                        .requests
+                        .with_label_values(&["insert", cause_label(&cause)])
+                        .inc();
+                    self.reply(
+                        request_id,
+                        &Message::InsertReply(InsertReply::Failed(cause)),
+                    );
                 } else {
                     let stamp = self.core.stamp();
-                    self.pending.push((request_id, arrived, OwnedPut { epoch: ins.epoch, key: ins.key, stamp, value: ins.value }));
+                    self.pending.push((
+                        request_id,
+                        arrived,
+                        OwnedPut {
+                            epoch: ins.epoch,
+                            key: ins.key,
+                            stamp,
+                            value: ins.value,
+                        },
+                    ));
                 }
             }
             Message::Retrieve(r) => {
@@ -490,16 +560,27 @@ impl Conn {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "retrieve failed in the store");
-                        shared.metrics.requests.with_label_values(&["retrieve", "internal"]).inc();
+                        shared
+                            .metrics
+                            .requests
+                            .with_label_values(&["retrieve", "internal"])
+                            .inc();
                         RetrieveReply::Failed(FailCause::Internal)
                     }
                 };
                 self.reply(request_id, &Message::RetrieveReply(reply));
-                self.core.m.retrieve_seconds.observe(arrived.elapsed().as_secs_f64());
+                self.core
+                    .m
+                    .retrieve_seconds
+                    .observe(arrived.elapsed().as_secs_f64());
             }
             Message::TimeSync => {
                 let now = shared.clock.now();
-                shared.metrics.requests.with_label_values(&["time_sync", "ok"]).inc();
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["time_sync", "ok"])
+                    .inc();
                 self.reply(
                     request_id,
                     &Message::TimeReply(msg::TimeReply {
@@ -511,18 +592,29 @@ impl Conn {
                 );
             }
             Message::NodeList(req) => {
-                shared.metrics.requests.with_label_values(&["node_list", "ok"]).inc();
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["node_list", "ok"])
+                    .inc();
                 let mut nodes = vec![msg::NodeInfo {
                     id: shared.node_id,
                     public_key: shared.public_key,
                     address: shared.advertise.clone(),
                 }];
                 nodes.truncate(req.max as usize);
-                self.reply(request_id, &Message::NodeListReply(msg::NodeListReply { nodes }));
+                self.reply(
+                    request_id,
+                    &Message::NodeListReply(msg::NodeListReply { nodes }),
+                );
             }
             Message::Status => {
                 self.commit_pending().await;
-                shared.metrics.requests.with_label_values(&["status", "ok"]).inc();
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["status", "ok"])
+                    .inc();
                 self.reply(request_id, &Message::StatusReply(status(&shared)));
             }
             Message::Hello(_) => {
@@ -563,18 +655,27 @@ impl Conn {
                     let cause = match e {
                         StoreError::TooLarge { max, .. } => FailCause::TooLarge { max },
                         StoreError::OverQuota { .. } => FailCause::OverQuota,
-                        StoreError::Expired { .. } => FailCause::EpochOutOfWindow { now: shared.now_epoch() },
+                        StoreError::Expired { .. } => FailCause::EpochOutOfWindow {
+                            now: shared.now_epoch(),
+                        },
                         StoreError::Engine { .. } | StoreError::Corrupt { .. } => {
                             tracing::error!(error = %e, epoch = epoch.0, "insert failed in the store");
                             FailCause::Internal
                         }
                     };
-                    shared.metrics.requests.with_label_values(&["insert", cause_label(&cause)]).inc();
+                    shared
+                        .metrics
+                        .requests
+                        .with_label_values(&["insert", cause_label(&cause)])
+                        .inc();
                     InsertReply::Failed(cause)
                 }
             };
             self.reply(request_id, &Message::InsertReply(reply));
-            self.core.m.insert_seconds.observe(t.elapsed().as_secs_f64());
+            self.core
+                .m
+                .insert_seconds
+                .observe(t.elapsed().as_secs_f64());
         }
     }
 }
@@ -607,7 +708,11 @@ pub fn status(shared: &Shared) -> msg::StatusReply {
             .stats()
             .epochs
             .into_iter()
-            .map(|e| msg::EpochStat { epoch: e.epoch, records: e.records, bytes: e.bytes })
+            .map(|e| msg::EpochStat {
+                epoch: e.epoch,
+                records: e.records,
+                bytes: e.bytes,
+            })
             .collect(),
     }
 }

@@ -44,7 +44,10 @@ pub struct Reading {
 
 /// System time in Unix nanoseconds.
 pub fn system_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 impl Clock {
@@ -197,7 +200,9 @@ pub struct Filter {
 impl Filter {
     /// A filter for `n` servers.
     pub fn new(n: usize) -> Filter {
-        Filter { servers: vec![VecDeque::new(); n] }
+        Filter {
+            servers: vec![VecDeque::new(); n],
+        }
     }
 
     /// Records a sample from server `i`.
@@ -212,8 +217,11 @@ impl Filter {
     /// The combined `(offset, uncertainty)`: median over servers of each server's
     /// minimum-delay sample. `None` until some server has answered.
     pub fn combine(&self) -> Option<(i64, u64)> {
-        let mut best: Vec<Sample> =
-            self.servers.iter().filter_map(|q| q.iter().min_by_key(|s| s.delay_ns).copied()).collect();
+        let mut best: Vec<Sample> = self
+            .servers
+            .iter()
+            .filter_map(|q| q.iter().min_by_key(|s| s.delay_ns).copied())
+            .collect();
         if best.is_empty() {
             return None;
         }
@@ -224,7 +232,10 @@ impl Filter {
         } else {
             let (a, b) = (best[n / 2 - 1], best[n / 2]);
             let chosen = if a.delay_ns <= b.delay_ns { a } else { b };
-            (((a.offset_ns as i128 + b.offset_ns as i128) / 2) as i64, chosen)
+            (
+                ((a.offset_ns as i128 + b.offset_ns as i128) / 2) as i64,
+                chosen,
+            )
         };
         Some((offset, chosen.delay_ns / 2 + chosen.root_distance_ns))
     }
@@ -237,9 +248,14 @@ pub fn query(server: &str, timeout: Duration) -> Result<Sample, String> {
         .map_err(|e| format!("resolve: {e}"))?
         .next()
         .ok_or_else(|| "resolve: no address".to_string())?;
-    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let sock = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
-    sock.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     sock.connect(addr).map_err(|e| format!("connect: {e}"))?;
     let t1 = system_ns();
     sock.send(&request(t1)).map_err(|e| format!("send: {e}"))?;
@@ -257,7 +273,12 @@ pub fn query(server: &str, timeout: Duration) -> Result<Sample, String> {
 }
 
 /// Polls `servers` every `interval` until `stop` is set, updating `clock`.
-pub fn run_poller(servers: Vec<String>, interval: Duration, clock: Arc<Clock>, stop: Arc<AtomicBool>) {
+pub fn run_poller(
+    servers: Vec<String>,
+    interval: Duration,
+    clock: Arc<Clock>,
+    stop: Arc<AtomicBool>,
+) {
     let mut filter = Filter::new(servers.len());
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
@@ -273,7 +294,11 @@ pub fn run_poller(servers: Vec<String>, interval: Duration, clock: Arc<Clock>, s
         }
         if let Some((offset, uncertainty)) = filter.combine() {
             if first {
-                tracing::info!(offset_ms = offset / 1_000_000, reachable, "clock disciplined by time servers");
+                tracing::info!(
+                    offset_ms = offset / 1_000_000,
+                    reachable,
+                    "clock disciplined by time servers"
+                );
                 first = false;
             }
             clock.set(offset, uncertainty, reachable);
@@ -282,7 +307,11 @@ pub fn run_poller(servers: Vec<String>, interval: Duration, clock: Arc<Clock>, s
             tracing::warn!("no time server answered; serving the system clock");
         }
         // Poll faster until every server has a few samples, then at the configured interval.
-        let wait = if filter.servers.iter().any(|q| q.len() < 3) { interval.min(Duration::from_secs(2)) } else { interval };
+        let wait = if filter.servers.iter().any(|q| q.len() < 3) {
+            interval.min(Duration::from_secs(2))
+        } else {
+            interval
+        };
         let deadline = std::time::Instant::now() + wait;
         while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -317,18 +346,28 @@ mod tests {
         let mut r = reply(&request(t1), t1, 2);
         assert_eq!(parse_reply(&r[..20], t1, t1), Err(SntpError::Short(20)));
         r[1] = 0;
-        assert!(matches!(parse_reply(&r, t1, t1), Err(SntpError::Unsynchronised { .. })));
+        assert!(matches!(
+            parse_reply(&r, t1, t1),
+            Err(SntpError::Unsynchronised { .. })
+        ));
         let r = reply(&request(t1 + 1_000_000), t1, 2);
         assert_eq!(parse_reply(&r, t1, t1), Err(SntpError::Bogus));
         let mut r = reply(&request(t1), t1, 2);
         r[0] = (4 << 3) | 3;
-        assert!(matches!(parse_reply(&r, t1, t1), Err(SntpError::NotServer { .. })));
+        assert!(matches!(
+            parse_reply(&r, t1, t1),
+            Err(SntpError::NotServer { .. })
+        ));
     }
 
     #[test]
     fn median_ignores_one_liar() {
         let mut f = Filter::new(3);
-        let s = |o: i64, d: u64| Sample { offset_ns: o, delay_ns: d, root_distance_ns: 0 };
+        let s = |o: i64, d: u64| Sample {
+            offset_ns: o,
+            delay_ns: d,
+            root_distance_ns: 0,
+        };
         f.add(0, s(37_000_000_000, 1_000));
         f.add(1, s(37_001_000_000, 2_000));
         f.add(2, s(-5_000_000_000_000, 500));
@@ -339,8 +378,22 @@ mod tests {
     #[test]
     fn min_delay_sample_wins_per_server() {
         let mut f = Filter::new(1);
-        f.add(0, Sample { offset_ns: 900, delay_ns: 90_000, root_distance_ns: 0 });
-        f.add(0, Sample { offset_ns: 100, delay_ns: 10_000, root_distance_ns: 0 });
+        f.add(
+            0,
+            Sample {
+                offset_ns: 900,
+                delay_ns: 90_000,
+                root_distance_ns: 0,
+            },
+        );
+        f.add(
+            0,
+            Sample {
+                offset_ns: 100,
+                delay_ns: 10_000,
+                root_distance_ns: 0,
+            },
+        );
         assert_eq!(f.combine(), Some((100, 5_000)));
     }
 }

@@ -179,19 +179,33 @@ pub fn parse_frame(buf: &[u8], max_body: u32) -> Result<Parsed<'_>, FrameError> 
     }
     let header = Header::read(buf);
     if header.version != PROTOCOL_VERSION {
-        return Err(FrameError::UnsupportedVersion { version: header.version, request_id: header.request_id });
+        return Err(FrameError::UnsupportedVersion {
+            version: header.version,
+            request_id: header.request_id,
+        });
     }
     if Header::flags(buf) != 0 {
-        return Err(FrameError::BadFlags { request_id: header.request_id });
+        return Err(FrameError::BadFlags {
+            request_id: header.request_id,
+        });
     }
     if header.body_len > max_body {
-        return Err(FrameError::TooLarge { len: header.body_len, max: max_body, request_id: header.request_id });
+        return Err(FrameError::TooLarge {
+            len: header.body_len,
+            max: max_body,
+            request_id: header.request_id,
+        });
     }
     let total = HEADER_LEN + header.body_len as usize;
     if buf.len() < total {
-        return Ok(Parsed::Incomplete { needed: Some(total) });
+        return Ok(Parsed::Incomplete {
+            needed: Some(total),
+        });
     }
-    Ok(Parsed::Frame(RawFrame { header, body: &buf[HEADER_LEN..total] }))
+    Ok(Parsed::Frame(RawFrame {
+        header,
+        body: &buf[HEADER_LEN..total],
+    }))
 }
 
 /// Appends the frame for `msg` with `request_id` to `out`.
@@ -221,7 +235,10 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) -> Result<(), E
     let body_len = out.len() - body_start;
     let Ok(body_len) = u32::try_from(body_len) else {
         out.truncate(start);
-        return Err(EncodeError::Body { kind, reason: format!("body of {body_len} bytes") });
+        return Err(EncodeError::Body {
+            kind,
+            reason: format!("body of {body_len} bytes"),
+        });
     };
     let header = &mut out[start..body_start];
     header[0..4].copy_from_slice(&body_len.to_le_bytes());
@@ -262,7 +279,11 @@ impl<E> rkyv::ser::Writer<E> for BodyWriter<'_> {
 fn archive<T>(value: &T, out: &mut Vec<u8>) -> Result<(), String>
 where
     T: for<'a, 'b> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<BodyWriter<'b>, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            BodyWriter<'b>,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
     >,
 {
     let base = out.len();
@@ -286,7 +307,8 @@ impl Decoder {
 
     /// Decodes a frame's body into a message, validating the archive first.
     pub fn decode(&mut self, frame: &RawFrame<'_>) -> Result<Message, BodyError> {
-        let kind = Kind::from_u8(frame.header.kind).ok_or(BodyError::UnknownKind(frame.header.kind))?;
+        let kind =
+            Kind::from_u8(frame.header.kind).ok_or(BodyError::UnknownKind(frame.header.kind))?;
         self.aligned.clear();
         self.aligned.extend_from_slice(frame.body);
         let bytes: &[u8] = &self.aligned;
@@ -303,7 +325,10 @@ impl Decoder {
             Kind::Retrieve => Message::Retrieve(body!(msg::Retrieve)),
             Kind::TimeSync | Kind::Status => {
                 if !bytes.is_empty() {
-                    return Err(invalid(format!("expected an empty body, got {} bytes", bytes.len())));
+                    return Err(invalid(format!(
+                        "expected an empty body, got {} bytes",
+                        bytes.len()
+                    )));
                 }
                 if kind == Kind::TimeSync {
                     Message::TimeSync
@@ -329,14 +354,20 @@ mod tests {
     use crate::{Epoch, Key};
 
     fn insert() -> Message {
-        Message::Insert(Insert { epoch: Epoch(7), key: Key([3; 32]), value: vec![9; 300] })
+        Message::Insert(Insert {
+            epoch: Epoch(7),
+            key: Key([3; 32]),
+            value: vec![9; 300],
+        })
     }
 
     #[test]
     fn round_trip_at_odd_offsets() {
         let mut buf = vec![0xee; 3]; // misalign the frame on purpose
         encode(42, &insert(), &mut buf).unwrap();
-        let Parsed::Frame(f) = parse_frame(&buf[3..], DEFAULT_MAX_BODY).unwrap() else { panic!("incomplete") };
+        let Parsed::Frame(f) = parse_frame(&buf[3..], DEFAULT_MAX_BODY).unwrap() else {
+            panic!("incomplete")
+        };
         assert_eq!(f.header.request_id, 42);
         assert_eq!(f.wire_len(), buf.len() - 3);
         assert_eq!(Decoder::new().decode(&f).unwrap(), insert());
@@ -374,7 +405,9 @@ mod tests {
         for b in &mut buf[HEADER_LEN..] {
             *b = 0xff;
         }
-        let Parsed::Frame(f) = parse_frame(&buf, DEFAULT_MAX_BODY).unwrap() else { panic!() };
+        let Parsed::Frame(f) = parse_frame(&buf, DEFAULT_MAX_BODY).unwrap() else {
+            panic!()
+        };
         assert_eq!(f.header.request_id, 77);
         let err = Decoder::new().decode(&f).unwrap_err();
         assert_eq!(err.code(), ErrorCode::InvalidBody);
@@ -384,8 +417,13 @@ mod tests {
     fn unknown_kind_is_typed() {
         let mut buf = encode_to_vec(3, &Message::TimeSync).unwrap();
         buf[5] = 0x99;
-        let Parsed::Frame(f) = parse_frame(&buf, DEFAULT_MAX_BODY).unwrap() else { panic!() };
-        assert_eq!(Decoder::new().decode(&f).unwrap_err(), BodyError::UnknownKind(0x99));
+        let Parsed::Frame(f) = parse_frame(&buf, DEFAULT_MAX_BODY).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            Decoder::new().decode(&f).unwrap_err(),
+            BodyError::UnknownKind(0x99)
+        );
     }
 
     #[test]
@@ -393,7 +431,12 @@ mod tests {
         let mut buf = encode_to_vec(3, &Message::TimeSync).unwrap();
         buf[0] = 2;
         buf.extend_from_slice(&[1, 2]);
-        let Parsed::Frame(f) = parse_frame(&buf, DEFAULT_MAX_BODY).unwrap() else { panic!() };
-        assert!(matches!(Decoder::new().decode(&f), Err(BodyError::Invalid { .. })));
+        let Parsed::Frame(f) = parse_frame(&buf, DEFAULT_MAX_BODY).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(
+            Decoder::new().decode(&f),
+            Err(BodyError::Invalid { .. })
+        ));
     }
 }

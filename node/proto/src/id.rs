@@ -8,7 +8,17 @@ use std::fmt;
 
 /// A point on the identifier ring (a 256-bit big-endian integer modulo 2^256).
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct Id(pub [u8; 32]);
@@ -110,7 +120,17 @@ impl fmt::Display for Id {
 /// A record key: where on the ring a record lives. Clients derive it (ARCHITECTURE.md, presence
 /// key); nodes treat it as opaque and never log it.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct Key(pub [u8; 32]);
@@ -158,15 +178,22 @@ fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn parse_hex32(s: &str) -> Result<[u8; 32], ParseIdError> {
-    let err = |bad_digit| ParseIdError { got_len: s.len(), bad_digit };
+    let err = |bad_digit| ParseIdError {
+        got_len: s.len(),
+        bad_digit,
+    };
     if s.len() != 64 {
         return Err(err(false));
     }
     let mut out = [0u8; 32];
     let digits = s.as_bytes();
     for (i, o) in out.iter_mut().enumerate() {
-        let hi = (digits[2 * i] as char).to_digit(16).ok_or_else(|| err(true))?;
-        let lo = (digits[2 * i + 1] as char).to_digit(16).ok_or_else(|| err(true))?;
+        let hi = (digits[2 * i] as char)
+            .to_digit(16)
+            .ok_or_else(|| err(true))?;
+        let lo = (digits[2 * i + 1] as char)
+            .to_digit(16)
+            .ok_or_else(|| err(true))?;
         *o = (hi * 16 + lo) as u8;
     }
     Ok(out)

@@ -177,7 +177,9 @@ impl std::fmt::Display for FailCause {
             FailCause::TooLarge { max } => write!(f, "value too large (max {max} bytes)"),
             FailCause::KeyFull => f.write_str("key full"),
             FailCause::OverQuota => f.write_str("over quota"),
-            FailCause::EpochOutOfWindow { now } => write!(f, "epoch out of window (node epoch {now})"),
+            FailCause::EpochOutOfWindow { now } => {
+                write!(f, "epoch out of window (node epoch {now})")
+            }
             FailCause::Overloaded => f.write_str("overloaded"),
             FailCause::Internal => f.write_str("internal error"),
         }
@@ -365,6 +367,9 @@ impl Message {
 
     /// Shorthand for an error reply.
     pub fn error(code: ErrorCode, detail: impl Into<String>) -> Message {
-        Message::Error(ErrorReply { code, detail: detail.into() })
+        Message::Error(ErrorReply {
+            code,
+            detail: detail.into(),
+        })
     }
 }

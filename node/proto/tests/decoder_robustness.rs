@@ -35,7 +35,7 @@ fn random_bytes_never_panic() {
     for _ in 0..20_000 {
         let len = (rng.next() % 256) as usize;
         let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        if len >= 16 && rng.next() % 2 == 0 {
+        if len >= 16 && rng.next().is_multiple_of(2) {
             buf[4] = PROTOCOL_VERSION; // get past the version check more often
             buf[6] = 0;
             buf[7] = 0;
@@ -49,10 +49,18 @@ fn random_bytes_never_panic() {
 #[test]
 fn mutated_valid_frames_never_panic() {
     let msgs = [
-        Message::Insert(Insert { epoch: Epoch(5), key: Key([1; 32]), value: vec![7; 40] }),
+        Message::Insert(Insert {
+            epoch: Epoch(5),
+            key: Key([1; 32]),
+            value: vec![7; 40],
+        }),
         Message::RetrieveReply(RetrieveReply::Found(vec![vec![1; 10], vec![2; 20]])),
         Message::NodeListReply(NodeListReply {
-            nodes: vec![NodeInfo { id: tarn_proto::Id([5; 32]), public_key: [6; 32], address: "x:1".into() }],
+            nodes: vec![NodeInfo {
+                id: tarn_proto::Id([5; 32]),
+                public_key: [6; 32],
+                address: "x:1".into(),
+            }],
         }),
         Message::error(ErrorCode::Timeout, "late"),
     ];
@@ -67,10 +75,12 @@ fn mutated_valid_frames_never_panic() {
             let i = 16 + (rng.next() as usize % (buf.len() - 16));
             buf[i] ^= 1 << (rng.next() % 8);
         }
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             buf.truncate(rng.next() as usize % buf.len());
         }
-        let Ok(Parsed::Frame(f)) = frame::parse_frame(&buf, DEFAULT_MAX_BODY) else { continue };
+        let Ok(Parsed::Frame(f)) = frame::parse_frame(&buf, DEFAULT_MAX_BODY) else {
+            continue;
+        };
         if decoder.decode(&f).is_ok() {
             decoded_ok += 1;
         }
@@ -83,7 +93,10 @@ fn mutated_valid_frames_never_panic() {
 fn pipelined_frames_decode_in_order() {
     let mut buf = Vec::new();
     for id in 0..100u64 {
-        let msg = Message::Retrieve(Retrieve { epoch: Epoch(id), key: Key([id as u8; 32]) });
+        let msg = Message::Retrieve(Retrieve {
+            epoch: Epoch(id),
+            key: Key([id as u8; 32]),
+        });
         frame::encode(id, &msg, &mut buf).unwrap();
         buf.push(0); // deliberately shift the next frame off alignment ...
         buf.pop(); // ... and back: encode already handles arbitrary starting lengths
@@ -91,7 +104,9 @@ fn pipelined_frames_decode_in_order() {
     let mut decoder = Decoder::new();
     let mut at = 0;
     for id in 0..100u64 {
-        let Parsed::Frame(f) = frame::parse_frame(&buf[at..], DEFAULT_MAX_BODY).unwrap() else { panic!() };
+        let Parsed::Frame(f) = frame::parse_frame(&buf[at..], DEFAULT_MAX_BODY).unwrap() else {
+            panic!()
+        };
         assert_eq!(f.header.request_id, id);
         match decoder.decode(&f).unwrap() {
             Message::Retrieve(r) => assert_eq!(r.epoch, Epoch(id)),

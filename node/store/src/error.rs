@@ -66,6 +66,9 @@ impl StoreError {
 
     #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn engine(op: &'static str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Engine { op, detail: e.to_string() }
+        StoreError::Engine {
+            op,
+            detail: e.to_string(),
+        }
     }
 }

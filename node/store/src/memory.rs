@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use tarn_proto::{Epoch, Id, Key};
 
-use crate::store::{ring_ranges, DropReport, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats};
+use crate::store::{
+    ring_ranges, DropReport, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
+};
 use crate::{valueset, StampedValue, StoreError};
 
 #[derive(Debug, Default)]
@@ -25,7 +27,10 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store with these limits.
     pub fn new(limits: Limits) -> MemoryStore {
-        MemoryStore { limits, state: Mutex::new(State::default()) }
+        MemoryStore {
+            limits,
+            state: Mutex::new(State::default()),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -44,7 +49,12 @@ impl Store for MemoryStore {
             if r.is_ok() {
                 let mut operand = Vec::new();
                 valueset::encode_one(it.stamp, it.value, &mut operand);
-                let slot = st.partitions.entry(it.epoch).or_default().entry(it.key).or_default();
+                let slot = st
+                    .partitions
+                    .entry(it.epoch)
+                    .or_default()
+                    .entry(it.key)
+                    .or_default();
                 *slot = valueset::merge([slot.as_slice(), operand.as_slice()].into_iter(), max);
             }
         }
@@ -54,7 +64,9 @@ impl Store for MemoryStore {
     fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError> {
         let st = self.state();
         match st.partitions.get(&epoch).and_then(|p| p.get(key)) {
-            Some(bytes) => valueset::decode(bytes).map_err(|e| StoreError::Corrupt { offset: e.offset }),
+            Some(bytes) => {
+                valueset::decode(bytes).map_err(|e| StoreError::Corrupt { offset: e.offset })
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -65,7 +77,10 @@ impl Store for MemoryStore {
         let mut e = from;
         while e <= to {
             st.partitions.entry(e).or_default();
-            st.ledger.epochs.entry(e).or_insert(crate::EpochStats { epoch: e, ..Default::default() });
+            st.ledger.epochs.entry(e).or_insert(crate::EpochStats {
+                epoch: e,
+                ..Default::default()
+            });
             e = e.next();
         }
         Ok(())
@@ -77,15 +92,24 @@ impl Store for MemoryStore {
         let floor = st.ledger.floor;
         let kept = st.partitions.split_off(&floor);
         let gone = std::mem::replace(&mut st.partitions, kept);
-        Ok(DropReport { dropped: gone.into_keys().collect(), records })
+        Ok(DropReport {
+            dropped: gone.into_keys().collect(),
+            records,
+        })
     }
 
-    fn scan_range(&self, after: Id, upto: Id, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError> {
+    fn scan_range(
+        &self,
+        after: Id,
+        upto: Id,
+        visit: &mut ScanVisitor<'_>,
+    ) -> Result<(), StoreError> {
         let st = self.state();
         for (epoch, part) in &st.partitions {
             for (start, end) in ring_ranges(after, upto) {
                 for (key, bytes) in part.range(start..=end) {
-                    let values = valueset::decode(bytes).map_err(|e| StoreError::Corrupt { offset: e.offset })?;
+                    let values = valueset::decode(bytes)
+                        .map_err(|e| StoreError::Corrupt { offset: e.offset })?;
                     if visit(*epoch, *key, &values).is_break() {
                         return Ok(());
                     }
@@ -107,4 +131,3 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
-

@@ -18,10 +18,15 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, MultiThreaded, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, MultiThreaded, Options, WriteBatch,
+    WriteOptions,
+};
 use tarn_proto::{Epoch, Id, Key};
 
-use crate::store::{ring_ranges, DropReport, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats};
+use crate::store::{
+    ring_ranges, DropReport, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
+};
 use crate::{valueset, EpochStats, StampedValue, StoreError};
 
 type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
@@ -88,7 +93,10 @@ pub struct RocksStore {
 
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksStore").field("path", &self.path).field("opts", &self.opts).finish_non_exhaustive()
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +126,10 @@ impl RocksStore {
         // Values are sealed ciphertext: compression would only burn CPU.
         cf_opts.set_compression_type(rocksdb::DBCompressionType::None);
         cf_opts.set_merge_operator_associative(MERGE_NAME, move |_key, existing, operands| {
-            Some(valueset::merge(existing.into_iter().chain(operands.iter()), max_values))
+            Some(valueset::merge(
+                existing.into_iter().chain(operands.iter()),
+                max_values,
+            ))
         });
         cf_opts.set_write_buffer_size(16 << 20);
 
@@ -140,7 +151,8 @@ impl RocksStore {
             .filter(|n| n.as_str() != rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
             .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()))
             .collect::<Vec<_>>();
-        let db = Db::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| StoreError::engine("open", e))?;
+        let db = Db::open_cf_descriptors(&db_opts, path, descriptors)
+            .map_err(|e| StoreError::engine("open", e))?;
 
         let mut write_opts = WriteOptions::default();
         match opts.wal {
@@ -165,8 +177,14 @@ impl RocksStore {
     fn recount(&self) -> Result<(), StoreError> {
         let mut ledger = self.ledger();
         for epoch in self.list_epochs() {
-            let cf = self.db.cf_handle(&cf_name(epoch)).ok_or_else(|| StoreError::engine("open", "partition vanished"))?;
-            let mut stats = EpochStats { epoch, ..Default::default() };
+            let cf = self
+                .db
+                .cf_handle(&cf_name(epoch))
+                .ok_or_else(|| StoreError::engine("open", "partition vanished"))?;
+            let mut stats = EpochStats {
+                epoch,
+                ..Default::default()
+            };
             for item in self.db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
                 let (_, v) = item.map_err(|e| StoreError::engine("open", e))?;
                 let (n, b) = valueset::measure(&v);
@@ -207,10 +225,15 @@ impl RocksStore {
         let _guard = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         let floor = self.ledger().floor;
         if epoch < floor {
-            return Err(StoreError::Expired { epoch, oldest_live: floor });
+            return Err(StoreError::Expired {
+                epoch,
+                oldest_live: floor,
+            });
         }
         if self.db.cf_handle(&name).is_none() {
-            self.db.create_cf(&name, &self.cf_opts).map_err(|e| StoreError::engine("create partition", e))?;
+            self.db
+                .create_cf(&name, &self.cf_opts)
+                .map_err(|e| StoreError::engine("create partition", e))?;
         }
         Ok(())
     }
@@ -252,7 +275,10 @@ impl Store for RocksStore {
             let Some(cf) = handle else {
                 // Dropped between creation and now: the epoch has just expired.
                 let floor = self.ledger().floor;
-                results[i] = Err(StoreError::Expired { epoch: it.epoch, oldest_live: floor });
+                results[i] = Err(StoreError::Expired {
+                    epoch: it.epoch,
+                    oldest_live: floor,
+                });
                 self.ledger().release(items, std::iter::once(i));
                 continue;
             };
@@ -279,7 +305,9 @@ impl Store for RocksStore {
             return Ok(Vec::new());
         };
         match self.db.get_pinned_cf(&cf, key.0) {
-            Ok(Some(bytes)) => valueset::decode(&bytes).map_err(|e| StoreError::Corrupt { offset: e.offset }),
+            Ok(Some(bytes)) => {
+                valueset::decode(&bytes).map_err(|e| StoreError::Corrupt { offset: e.offset })
+            }
             Ok(None) => Ok(Vec::new()),
             Err(e) => Err(StoreError::engine("get", e)),
         }
@@ -290,7 +318,10 @@ impl Store for RocksStore {
         let mut e = from.max(floor);
         while e <= to {
             self.ensure_partition(e)?;
-            self.ledger().epochs.entry(e).or_insert(EpochStats { epoch: e, ..Default::default() });
+            self.ledger().epochs.entry(e).or_insert(EpochStats {
+                epoch: e,
+                ..Default::default()
+            });
             e = e.next();
         }
         Ok(())
@@ -301,24 +332,36 @@ impl Store for RocksStore {
         let records = self.ledger().expire_before(oldest_live);
         let mut dropped = Vec::new();
         for epoch in self.list_epochs().into_iter().filter(|e| *e < oldest_live) {
-            self.db.drop_cf(&cf_name(epoch)).map_err(|e| StoreError::engine("drop", e))?;
+            self.db
+                .drop_cf(&cf_name(epoch))
+                .map_err(|e| StoreError::engine("drop", e))?;
             dropped.push(epoch);
         }
         Ok(DropReport { dropped, records })
     }
 
-    fn scan_range(&self, after: Id, upto: Id, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError> {
+    fn scan_range(
+        &self,
+        after: Id,
+        upto: Id,
+        visit: &mut ScanVisitor<'_>,
+    ) -> Result<(), StoreError> {
         for epoch in self.list_epochs() {
-            let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else { continue };
+            let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
+                continue;
+            };
             for (start, end) in ring_ranges(after, upto) {
                 let mode = rocksdb::IteratorMode::From(&start.0, rocksdb::Direction::Forward);
                 for item in self.db.iterator_cf(&cf, mode) {
                     let (k, v) = item.map_err(|e| StoreError::engine("scan", e))?;
-                    let Ok(kb) = <[u8; 32]>::try_from(&k[..]) else { continue };
+                    let Ok(kb) = <[u8; 32]>::try_from(&k[..]) else {
+                        continue;
+                    };
                     if kb > end.0 {
                         break;
                     }
-                    let values = valueset::decode(&v).map_err(|e| StoreError::Corrupt { offset: e.offset })?;
+                    let values = valueset::decode(&v)
+                        .map_err(|e| StoreError::Corrupt { offset: e.offset })?;
                     if visit(epoch, Key(kb), &values) == ControlFlow::Break(()) {
                         return Ok(());
                     }
@@ -340,6 +383,8 @@ impl Store for RocksStore {
         if self.opts.wal == WalPolicy::Disabled {
             return Ok(());
         }
-        self.db.flush_wal(true).map_err(|e| StoreError::engine("sync", e))
+        self.db
+            .flush_wal(true)
+            .map_err(|e| StoreError::engine("sync", e))
     }
 }

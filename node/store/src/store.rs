@@ -20,7 +20,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_value_bytes: 1024, max_values_per_key: 8, max_total_bytes: 0 }
+        Limits {
+            max_value_bytes: 1024,
+            max_values_per_key: 8,
+            max_total_bytes: 0,
+        }
     }
 }
 
@@ -82,7 +86,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Stores one value.
     fn put(&self, epoch: Epoch, key: Key, stamp: u64, value: &[u8]) -> Result<(), StoreError> {
-        self.put_batch(&[PutItem { epoch, key, stamp, value }]).pop().expect("one result per item")
+        self.put_batch(&[PutItem {
+            epoch,
+            key,
+            stamp,
+            value,
+        }])
+        .pop()
+        .expect("one result per item")
     }
 
     /// The values under `(epoch, key)`, highest order first, at most `max_values_per_key`.
@@ -98,7 +109,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Visits every key in the ring interval `(after, upto]` of every live epoch (for handoff
     /// and repair), in key order per epoch, oldest epoch first, until the visitor breaks.
-    fn scan_range(&self, after: Id, upto: Id, visit: &mut ScanVisitor<'_>) -> Result<(), StoreError>;
+    fn scan_range(
+        &self,
+        after: Id,
+        upto: Id,
+        visit: &mut ScanVisitor<'_>,
+    ) -> Result<(), StoreError>;
 
     /// Live partitions, oldest first.
     fn live_epochs(&self) -> Vec<Epoch>;
@@ -123,22 +139,37 @@ pub(crate) struct Ledger {
 impl Ledger {
     /// Checks each item against the limits, the floor and the quota; reserves the bytes of the
     /// admitted ones. Returns per-item admission.
-    pub(crate) fn admit(&mut self, items: &[PutItem<'_>], limits: &Limits) -> Vec<Result<(), StoreError>> {
+    pub(crate) fn admit(
+        &mut self,
+        items: &[PutItem<'_>],
+        limits: &Limits,
+    ) -> Vec<Result<(), StoreError>> {
         items
             .iter()
             .map(|it| {
                 if it.value.len() > limits.max_value_bytes as usize {
-                    return Err(StoreError::TooLarge { len: it.value.len(), max: limits.max_value_bytes });
+                    return Err(StoreError::TooLarge {
+                        len: it.value.len(),
+                        max: limits.max_value_bytes,
+                    });
                 }
                 if it.epoch < self.floor {
-                    return Err(StoreError::Expired { epoch: it.epoch, oldest_live: self.floor });
+                    return Err(StoreError::Expired {
+                        epoch: it.epoch,
+                        oldest_live: self.floor,
+                    });
                 }
                 let len = it.value.len() as u64;
                 if limits.max_total_bytes != 0 && self.total_bytes + len > limits.max_total_bytes {
-                    return Err(StoreError::OverQuota { quota: limits.max_total_bytes });
+                    return Err(StoreError::OverQuota {
+                        quota: limits.max_total_bytes,
+                    });
                 }
                 self.total_bytes += len;
-                let e = self.epochs.entry(it.epoch).or_insert(EpochStats { epoch: it.epoch, ..Default::default() });
+                let e = self.epochs.entry(it.epoch).or_insert(EpochStats {
+                    epoch: it.epoch,
+                    ..Default::default()
+                });
                 e.records += 1;
                 e.bytes += len;
                 Ok(())
@@ -171,16 +202,27 @@ impl Ledger {
     }
 
     pub(crate) fn stats(&self) -> StoreStats {
-        StoreStats { epochs: self.epochs.values().copied().collect(), total_bytes: self.total_bytes }
+        StoreStats {
+            epochs: self.epochs.values().copied().collect(),
+            total_bytes: self.total_bytes,
+        }
     }
 }
 
 /// Splits the ring interval `(after, upto]` into at most two ascending key ranges, each
 /// `[start, end]` inclusive.
 pub(crate) fn ring_ranges(after: Id, upto: Id) -> Vec<(Key, Key)> {
-    let next = |id: Id| if id == Id([0xff; 32]) { None } else { Some(Key(id.add_pow2(0).0)) };
+    let next = |id: Id| {
+        if id == Id([0xff; 32]) {
+            None
+        } else {
+            Some(Key(id.add_pow2(0).0))
+        }
+    };
     if after < upto {
-        next(after).map(|s| vec![(s, Key(upto.0))]).unwrap_or_default()
+        next(after)
+            .map(|s| vec![(s, Key(upto.0))])
+            .unwrap_or_default()
     } else {
         // Wraps (or covers the whole ring when after == upto).
         let mut out = Vec::new();

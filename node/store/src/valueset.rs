@@ -88,12 +88,21 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = Result<Entry<'_>, CorruptValueS
 
 /// Decodes a set, highest order first.
 pub fn decode(bytes: &[u8]) -> Result<Vec<StampedValue>, CorruptValueSet> {
-    entries(bytes).map(|e| e.map(|e| StampedValue { stamp: e.stamp, value: e.value.to_vec() })).collect()
+    entries(bytes)
+        .map(|e| {
+            e.map(|e| StampedValue {
+                stamp: e.stamp,
+                value: e.value.to_vec(),
+            })
+        })
+        .collect()
 }
 
 /// Number of entries and value bytes in an encoded set (corrupt tails are not counted).
 pub fn measure(bytes: &[u8]) -> (u64, u64) {
-    entries(bytes).map_while(Result::ok).fold((0, 0), |(n, b), e| (n + 1, b + e.value.len() as u64))
+    entries(bytes)
+        .map_while(Result::ok)
+        .fold((0, 0), |(n, b), e| (n + 1, b + e.value.len() as u64))
 }
 
 /// Folds encoded sets into one: union, duplicates collapsed (larger stamp kept), highest
@@ -134,10 +143,15 @@ mod tests {
 
     #[test]
     fn keeps_highest_orders() {
-        let parts: Vec<Vec<u8>> = (1..=5).map(|s| one(s, format!("v{s}").as_bytes())).collect();
+        let parts: Vec<Vec<u8>> = (1..=5)
+            .map(|s| one(s, format!("v{s}").as_bytes()))
+            .collect();
         let merged = merge(parts.iter().map(|p| p.as_slice()), 3);
         let got = decode(&merged).unwrap();
-        assert_eq!(got.iter().map(|v| v.stamp).collect::<Vec<_>>(), vec![5, 4, 3]);
+        assert_eq!(
+            got.iter().map(|v| v.stamp).collect::<Vec<_>>(),
+            vec![5, 4, 3]
+        );
     }
 
     #[test]
@@ -145,7 +159,13 @@ mod tests {
         let parts = [one(1, b"same"), one(9, b"same"), one(4, b"other")];
         let got = decode(&merge(parts.iter().map(|p| p.as_slice()), 8)).unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0], StampedValue { stamp: 9, value: b"same".to_vec() });
+        assert_eq!(
+            got[0],
+            StampedValue {
+                stamp: 9,
+                value: b"same".to_vec()
+            }
+        );
     }
 
     #[test]
@@ -155,7 +175,12 @@ mod tests {
         let b = merge(parts.iter().rev().map(|p| p.as_slice()), 4);
         // Folding in two steps (as RocksDB may) gives the same set.
         let half = merge(parts[..5].iter().map(|p| p.as_slice()), 4);
-        let c = merge([half.as_slice()].into_iter().chain(parts[5..].iter().map(|p| p.as_slice())), 4);
+        let c = merge(
+            [half.as_slice()]
+                .into_iter()
+                .chain(parts[5..].iter().map(|p| p.as_slice())),
+            4,
+        );
         assert_eq!(a, b);
         assert_eq!(a, c);
     }
@@ -164,8 +189,18 @@ mod tests {
     fn corrupt_bytes_are_reported_and_skipped() {
         let mut bytes = one(1, b"ok");
         bytes.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(decode(&bytes), Err(CorruptValueSet { offset: ENTRY_HEADER + 2 }));
-        assert_eq!(decode(&merge([bytes.as_slice()].into_iter(), 8)).unwrap().len(), 1);
+        assert_eq!(
+            decode(&bytes),
+            Err(CorruptValueSet {
+                offset: ENTRY_HEADER + 2
+            })
+        );
+        assert_eq!(
+            decode(&merge([bytes.as_slice()].into_iter(), 8))
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(measure(&bytes), (1, 2));
     }
 }

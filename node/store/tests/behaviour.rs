@@ -4,10 +4,16 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tarn_proto::{Epoch, Id, Key};
-use tarn_store::{Limits, MemoryStore, PutItem, RocksOptions, RocksStore, Store, StoreError, WalPolicy};
+use tarn_store::{
+    Limits, MemoryStore, PutItem, RocksOptions, RocksStore, Store, StoreError, WalPolicy,
+};
 
 fn limits() -> Limits {
-    Limits { max_value_bytes: 64, max_values_per_key: 3, max_total_bytes: 10_000 }
+    Limits {
+        max_value_bytes: 64,
+        max_values_per_key: 3,
+        max_total_bytes: 10_000,
+    }
 }
 
 fn key(n: u8) -> Key {
@@ -16,8 +22,18 @@ fn key(n: u8) -> Key {
 
 fn backends() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
-    let rocks = RocksStore::open(dir.path(), RocksOptions { limits: limits(), ..Default::default() }).unwrap();
-    vec![(Box::new(MemoryStore::new(limits())), None), (Box::new(rocks), Some(dir))]
+    let rocks = RocksStore::open(
+        dir.path(),
+        RocksOptions {
+            limits: limits(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    vec![
+        (Box::new(MemoryStore::new(limits())), None),
+        (Box::new(rocks), Some(dir)),
+    ]
 }
 
 #[test]
@@ -36,7 +52,8 @@ fn put_then_get() {
 fn full_key_evicts_lowest_order_and_keeps_newest() {
     for (s, _d) in backends() {
         for stamp in 1..=6u64 {
-            s.put(Epoch(1), key(1), stamp, format!("v{stamp}").as_bytes()).unwrap();
+            s.put(Epoch(1), key(1), stamp, format!("v{stamp}").as_bytes())
+                .unwrap();
         }
         let got = s.get(Epoch(1), &key(1)).unwrap();
         let stamps: Vec<u64> = got.iter().map(|v| v.stamp).collect();
@@ -60,12 +77,24 @@ fn duplicates_collapse() {
 fn limits_are_typed_errors() {
     for (s, _d) in backends() {
         let big = vec![0u8; 65];
-        assert_eq!(s.put(Epoch(1), key(1), 1, &big), Err(StoreError::TooLarge { len: 65, max: 64 }));
+        assert_eq!(
+            s.put(Epoch(1), key(1), 1, &big),
+            Err(StoreError::TooLarge { len: 65, max: 64 })
+        );
         // Quota 10_000 bytes: 156 values of 64 bytes fit, the next does not.
         for i in 0..156u32 {
-            s.put(Epoch(1), Key(blake3::hash(&i.to_le_bytes()).into()), 1, &[1; 64]).unwrap();
+            s.put(
+                Epoch(1),
+                Key(blake3::hash(&i.to_le_bytes()).into()),
+                1,
+                &[1; 64],
+            )
+            .unwrap();
         }
-        assert_eq!(s.put(Epoch(1), key(9), 1, &[1; 64]), Err(StoreError::OverQuota { quota: 10_000 }));
+        assert_eq!(
+            s.put(Epoch(1), key(9), 1, &[1; 64]),
+            Err(StoreError::OverQuota { quota: 10_000 })
+        );
         assert_eq!(s.stats().total_bytes, 156 * 64);
     }
 }
@@ -75,9 +104,24 @@ fn batch_results_are_per_item() {
     for (s, _d) in backends() {
         let big = [0u8; 100];
         let items = [
-            PutItem { epoch: Epoch(3), key: key(1), stamp: 1, value: b"a" },
-            PutItem { epoch: Epoch(3), key: key(2), stamp: 1, value: &big },
-            PutItem { epoch: Epoch(4), key: key(3), stamp: 1, value: b"c" },
+            PutItem {
+                epoch: Epoch(3),
+                key: key(1),
+                stamp: 1,
+                value: b"a",
+            },
+            PutItem {
+                epoch: Epoch(3),
+                key: key(2),
+                stamp: 1,
+                value: &big,
+            },
+            PutItem {
+                epoch: Epoch(4),
+                key: key(3),
+                stamp: 1,
+                value: b"c",
+            },
         ];
         let r = s.put_batch(&items);
         assert!(r[0].is_ok() && r[2].is_ok(), "{s:?}");
@@ -98,10 +142,19 @@ fn dropping_epochs_removes_them_and_refuses_writes() {
         assert!(s.get(Epoch(3), &key(1)).unwrap().is_empty());
         assert_eq!(s.get(Epoch(4), &key(1)).unwrap().len(), 1);
         assert_eq!(s.live_epochs(), vec![Epoch(4), Epoch(5)]);
-        assert_eq!(s.put(Epoch(2), key(1), 9, b"late"), Err(StoreError::Expired { epoch: Epoch(2), oldest_live: Epoch(4) }));
+        assert_eq!(
+            s.put(Epoch(2), key(1), 9, b"late"),
+            Err(StoreError::Expired {
+                epoch: Epoch(2),
+                oldest_live: Epoch(4)
+            })
+        );
         // prepare never resurrects an expired epoch
         s.prepare_epochs(Epoch(1), Epoch(7)).unwrap();
-        assert_eq!(s.live_epochs(), vec![Epoch(4), Epoch(5), Epoch(6), Epoch(7)]);
+        assert_eq!(
+            s.live_epochs(),
+            vec![Epoch(4), Epoch(5), Epoch(6), Epoch(7)]
+        );
         assert_eq!(s.stats().total_bytes, 2);
     }
 }
@@ -123,8 +176,15 @@ fn scan_range_covers_wrapping_intervals() {
             .unwrap();
             seen
         };
-        assert_eq!(collect(Id([0x10; 32]), Id([0x80; 32])), vec![(1, 0x80), (2, 0x80)], "{s:?}");
-        assert_eq!(collect(Id([0x80; 32]), Id([0x10; 32])), vec![(1, 0xf0), (1, 0x10), (2, 0xf0), (2, 0x10)]);
+        assert_eq!(
+            collect(Id([0x10; 32]), Id([0x80; 32])),
+            vec![(1, 0x80), (2, 0x80)],
+            "{s:?}"
+        );
+        assert_eq!(
+            collect(Id([0x80; 32]), Id([0x10; 32])),
+            vec![(1, 0xf0), (1, 0x10), (2, 0xf0), (2, 0x10)]
+        );
         assert_eq!(collect(Id([0x20; 32]), Id([0x20; 32])).len(), 6);
         let mut n = 0;
         s.scan_range(Id([0; 32]), Id([0; 32]), &mut |_, _, _| {
@@ -139,12 +199,17 @@ fn scan_range_covers_wrapping_intervals() {
 #[test]
 fn rocks_reopen_keeps_records_partitions_and_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = RocksOptions { limits: limits(), wal: WalPolicy::NoSync, ..Default::default() };
+    let opts = RocksOptions {
+        limits: limits(),
+        wal: WalPolicy::NoSync,
+        ..Default::default()
+    };
     {
         let s = RocksStore::open(dir.path(), opts.clone()).unwrap();
         s.prepare_epochs(Epoch(10), Epoch(12)).unwrap();
         for i in 0..100u8 {
-            s.put(Epoch(10 + (i % 2) as u64), key(i), 1, &[i; 10]).unwrap();
+            s.put(Epoch(10 + (i % 2) as u64), key(i), 1, &[i; 10])
+                .unwrap();
         }
         s.drop_epochs_before(Epoch(10)).unwrap();
     }
@@ -155,7 +220,10 @@ fn rocks_reopen_keeps_records_partitions_and_figures() {
     assert_eq!(stats.total_bytes, 1000);
     assert_eq!(stats.epochs.iter().map(|e| e.records).sum::<u64>(), 100);
     // The floor is restored from the oldest partition: nothing older can be recreated.
-    assert!(matches!(s.put(Epoch(9), key(1), 1, b"x"), Err(StoreError::Expired { .. })));
+    assert!(matches!(
+        s.put(Epoch(9), key(1), 1, b"x"),
+        Err(StoreError::Expired { .. })
+    ));
 }
 
 #[test]
@@ -179,8 +247,10 @@ fn rocks_partitions_change_while_other_threads_write() {
         })
         .collect();
     for step in 0..10u64 {
-        s.prepare_epochs(Epoch(100 + step), Epoch(102 + step)).unwrap();
-        s.drop_epochs_before(Epoch(100 + step.saturating_sub(2))).unwrap();
+        s.prepare_epochs(Epoch(100 + step), Epoch(102 + step))
+            .unwrap();
+        s.drop_epochs_before(Epoch(100 + step.saturating_sub(2)))
+            .unwrap();
     }
     for w in writers {
         w.join().unwrap();
