@@ -17,5 +17,16 @@ echo "== build (release)" >&2
 cargo build --release --workspace --all-targets --locked
 echo "== lint" >&2
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
+echo "== docs" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps --locked
 echo "== test" >&2
-cargo test --release --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary, so the total is visible at the end.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
+  <(sed 's/;//g' "$log")
+exit "$status"

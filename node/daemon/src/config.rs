@@ -127,13 +127,13 @@ pub struct Cli {
     /// CPUs to pin executors to, e.g. 0,2-3.
     #[arg(long, env = "TARN_CPUS")]
     pub cpus: Option<String>,
-    /// Ring members to join, ADDR[,ADDR].
+    /// Ring members to join, `ADDR[,ADDR]`.
     #[arg(long, env = "TARN_JOIN")]
     pub join: Option<String>,
     /// WAL policy: disabled, nosync, periodic, every-write.
     #[arg(long, env = "TARN_WAL")]
     pub wal: Option<String>,
-    /// SNTP servers, HOST:PORT[,HOST:PORT].
+    /// SNTP servers, `HOST:PORT[,HOST:PORT]`.
     #[arg(long, env = "TARN_NTP_SERVERS")]
     pub ntp_servers: Option<String>,
     /// Log filter, e.g. info or tarn_node=debug.
