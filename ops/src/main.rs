@@ -122,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     if cli.json {
                         println!("{}", json!({"stored": true, "copies": copies}));
                     } else {
-                        println!("stored ({copies} copies)");
+                        println!("stored (copies: {copies})");
                     }
                     Ok(ExitCode::SUCCESS)
                 }

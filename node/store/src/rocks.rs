@@ -14,9 +14,10 @@
 //!   The [`WalPolicy`] decides whether a write waits for fsync; the periodic policy leaves
 //!   fsync to [`Store::sync`], called off the request path.
 
+use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, MultiThreaded, Options, WriteBatch,
@@ -86,9 +87,9 @@ pub struct RocksStore {
     cf_opts: Options,
     write_opts: WriteOptions,
     ledger: Mutex<Ledger>,
-    /// Serialises partition creation and dropping (the slow path); never taken by reads, and by
-    /// writes only when a partition is missing.
-    partitions: Mutex<()>,
+    /// The partitions that exist. Its lock also serialises creating and dropping them (the slow
+    /// path); reads never take it, writes only when a partition is missing.
+    partitions: Mutex<BTreeSet<Epoch>>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -168,15 +169,17 @@ impl RocksStore {
             cf_opts,
             write_opts,
             ledger: Mutex::new(Ledger::default()),
-            partitions: Mutex::new(()),
+            partitions: Mutex::new(existing.iter().filter_map(|n| parse_cf_name(n)).collect()),
         };
         store.recount()?;
         Ok(store)
     }
 
     fn recount(&self) -> Result<(), StoreError> {
+        // Lock order everywhere: partitions before ledger.
+        let epochs = self.list_epochs();
         let mut ledger = self.ledger();
-        for epoch in self.list_epochs() {
+        for epoch in epochs {
             let cf = self
                 .db
                 .cf_handle(&cf_name(epoch))
@@ -205,15 +208,12 @@ impl RocksStore {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn partitions(&self) -> std::sync::MutexGuard<'_, BTreeSet<Epoch>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn list_epochs(&self) -> Vec<Epoch> {
-        let mut v: Vec<Epoch> = Db::list_cf(&Options::default(), &self.path)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|n| parse_cf_name(n))
-            .filter(|e| self.db.cf_handle(&cf_name(*e)).is_some())
-            .collect();
-        v.sort();
-        v
+        self.partitions().iter().copied().collect()
     }
 
     /// Creates the partition for `epoch` unless it exists or has expired.
@@ -222,7 +222,7 @@ impl RocksStore {
         if self.db.cf_handle(&name).is_some() {
             return Ok(());
         }
-        let _guard = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parts = self.partitions();
         let floor = self.ledger().floor;
         if epoch < floor {
             return Err(StoreError::Expired {
@@ -230,10 +230,11 @@ impl RocksStore {
                 oldest_live: floor,
             });
         }
-        if self.db.cf_handle(&name).is_none() {
+        if !parts.contains(&epoch) {
             self.db
                 .create_cf(&name, &self.cf_opts)
                 .map_err(|e| StoreError::engine("create partition", e))?;
+            parts.insert(epoch);
         }
         Ok(())
     }
@@ -260,31 +261,42 @@ impl Store for RocksStore {
         let mut batch = WriteBatch::default();
         let mut operand = Vec::with_capacity(64 + 1024);
         let mut written = Vec::with_capacity(items.len());
+        // A batch nearly always spans one or two epochs: resolve each partition once.
+        let mut handles: Vec<(
+            Epoch,
+            Result<Arc<rocksdb::BoundColumnFamily<'_>>, StoreError>,
+        )> = Vec::with_capacity(2);
         for (i, it) in items.iter().enumerate() {
             if results[i].is_err() {
                 continue;
             }
-            let handle = match self.ensure_partition(it.epoch) {
-                Ok(()) => self.db.cf_handle(&cf_name(it.epoch)),
+            let slot = match handles.iter().position(|(e, _)| *e == it.epoch) {
+                Some(p) => p,
+                None => {
+                    let h = self.ensure_partition(it.epoch).and_then(|()| {
+                        self.db.cf_handle(&cf_name(it.epoch)).ok_or_else(|| {
+                            // Dropped between creation and now: the epoch has just expired.
+                            StoreError::Expired {
+                                epoch: it.epoch,
+                                oldest_live: self.ledger().floor,
+                            }
+                        })
+                    });
+                    handles.push((it.epoch, h));
+                    handles.len() - 1
+                }
+            };
+            let cf = match &handles[slot].1 {
+                Ok(cf) => cf,
                 Err(e) => {
-                    results[i] = Err(e);
+                    results[i] = Err(e.clone());
                     self.ledger().release(items, std::iter::once(i));
                     continue;
                 }
             };
-            let Some(cf) = handle else {
-                // Dropped between creation and now: the epoch has just expired.
-                let floor = self.ledger().floor;
-                results[i] = Err(StoreError::Expired {
-                    epoch: it.epoch,
-                    oldest_live: floor,
-                });
-                self.ledger().release(items, std::iter::once(i));
-                continue;
-            };
             operand.clear();
             valueset::encode_one(it.stamp, it.value, &mut operand);
-            batch.merge_cf(&cf, it.key.0, &operand);
+            batch.merge_cf(cf, it.key.0, &operand);
             written.push(i);
         }
         if written.is_empty() {
@@ -328,13 +340,15 @@ impl Store for RocksStore {
     }
 
     fn drop_epochs_before(&self, oldest_live: Epoch) -> Result<DropReport, StoreError> {
-        let _guard = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parts = self.partitions();
         let records = self.ledger().expire_before(oldest_live);
         let mut dropped = Vec::new();
-        for epoch in self.list_epochs().into_iter().filter(|e| *e < oldest_live) {
+        let expired: Vec<Epoch> = parts.range(..oldest_live).copied().collect();
+        for epoch in expired {
             self.db
                 .drop_cf(&cf_name(epoch))
                 .map_err(|e| StoreError::engine("drop", e))?;
+            parts.remove(&epoch);
             dropped.push(epoch);
         }
         Ok(DropReport { dropped, records })
