@@ -222,16 +222,22 @@ impl NodeClient {
 
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let write_timeout = opts.timeout;
+        let writer_waiters = waiters.clone();
         let writer = tokio::spawn(async move {
             while let Some(first) = out_rx.recv().await {
                 let mut batch = first;
                 while let Ok(more) = out_rx.try_recv() {
                     batch.extend_from_slice(&more);
                 }
-                if wr.write_all(&batch).await.is_err() {
-                    break;
+                // A node that stops reading must not make us queue without bound.
+                match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
                 }
             }
+            // The connection is unusable: fail every waiter now, and later requests at once.
+            lock(&writer_waiters).take();
         });
         let reader = tokio::spawn(read_loop(rd, buf, waiters.clone(), opts.max_frame_bytes));
         Ok(NodeClient {
@@ -261,8 +267,12 @@ impl NodeClient {
             }
             None => return Err(ClientError::Closed { op }),
         }
+        // Removes the waiter however this future ends (reply, timeout, or the caller dropping it).
+        let _guard = WaiterGuard {
+            waiters: &self.waiters,
+            id,
+        };
         if self.out.send(bytes).is_err() {
-            lock(&self.waiters).as_mut().map(|w| w.remove(&id));
             return Err(ClientError::Closed { op });
         }
         match tokio::time::timeout(self.timeout, rx).await {
@@ -273,13 +283,10 @@ impl NodeClient {
             }),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(ClientError::Closed { op }),
-            Err(_) => {
-                lock(&self.waiters).as_mut().map(|w| w.remove(&id));
-                Err(ClientError::Timeout {
-                    op,
-                    timeout: self.timeout,
-                })
-            }
+            Err(_) => Err(ClientError::Timeout {
+                op,
+                timeout: self.timeout,
+            }),
         }
     }
 
@@ -349,6 +356,19 @@ impl NodeClient {
                 op: "status",
                 got: other.kind(),
             }),
+        }
+    }
+}
+
+struct WaiterGuard<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = lock(self.waiters).as_mut() {
+            w.remove(&self.id);
         }
     }
 }

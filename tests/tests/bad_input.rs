@@ -179,6 +179,30 @@ async fn truncated_frame_times_out_without_stalling_others() {
 }
 
 #[tokio::test]
+async fn silent_connection_is_closed_before_its_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--config",
+            &write_config(dir.path(), "frame_timeout_ms = 1000\n"),
+        ],
+    );
+    let mut s = TcpStream::connect(&node.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "a connection that never says hello gets nothing and is closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn one_byte_per_second_client_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(

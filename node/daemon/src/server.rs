@@ -28,6 +28,11 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::timesync::Clock;
 
+/// Replies buffered beyond this are written out before more requests are answered.
+const FLUSH_AT: usize = 64 * 1024;
+/// Buffers grown beyond this by a burst are released after it.
+const MAX_KEPT_BUF: usize = 256 * 1024;
+
 /// State shared by every core (read-only after start-up except for the shutdown flag).
 #[derive(Debug)]
 pub struct Shared {
@@ -93,8 +98,10 @@ struct Core {
     m: CoreMetrics,
     /// Inserts waiting for the flusher; connections push, the flusher drains.
     queue: RefCell<Vec<Job>>,
-    /// Wakes the flusher after a push. Dropping every sender ends the flusher.
+    /// Wakes the flusher after a push.
     wake: LocalSender<()>,
+    /// True while the flusher has a batch on the blocking pool.
+    in_flight: Cell<bool>,
     /// Open connections' fds, so shutdown can unblock their reads. An entry is removed before
     /// its stream is dropped, so a listed fd is always open.
     conns: RefCell<HashMap<u64, RawFd>>,
@@ -152,6 +159,7 @@ async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
             core.shared.metrics.batch_size.observe(all.len() as f64);
             let store = core.shared.store.clone();
             let started = Instant::now();
+            core.in_flight.set(true);
             let mut results = glommio::executor()
                 .spawn_blocking(move || {
                     let items: Vec<PutItem<'_>> = all
@@ -166,6 +174,7 @@ async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
                     store.put_batch(&items)
                 })
                 .await;
+            core.in_flight.set(false);
             core.m.put_seconds.observe(started.elapsed().as_secs_f64());
             for (size, tx) in sizes.into_iter().zip(senders).rev() {
                 let mine = results.split_off(results.len() - size);
@@ -235,6 +244,7 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
         m,
         queue: RefCell::new(Vec::new()),
         wake: wake_tx,
+        in_flight: Cell::new(false),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         last_stamp: Cell::new(0),
@@ -276,7 +286,12 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
             glommio::spawn_local(refuse(stream)).detach();
             continue;
         }
-        glommio::spawn_local(serve(core.clone(), stream)).detach();
+        // Registered here, before the task first runs, so a shutdown that starts now still
+        // finds its fd.
+        let id = core.next_conn.get();
+        core.next_conn.set(id + 1);
+        core.conns.borrow_mut().insert(id, stream.as_raw_fd());
+        glommio::spawn_local(serve(core.clone(), stream, id)).detach();
     }
     // Drain: wait for connections to finish what they have read (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -284,6 +299,12 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     watcher.await;
+    // Every queued or running group commit finishes (and answers) before the core returns, so
+    // the final WAL sync in main covers it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (!core.queue.borrow().is_empty() || core.in_flight.get()) && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
     drop(flusher_task);
 }
 
@@ -302,10 +323,7 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-async fn serve(core: Rc<Core>, stream: TcpStream) {
-    let id = core.next_conn.get();
-    core.next_conn.set(id + 1);
-    core.conns.borrow_mut().insert(id, stream.as_raw_fd());
+async fn serve(core: Rc<Core>, stream: TcpStream, id: u64) {
     core.shared.metrics.connections_open.inc();
     let mut conn = Conn::new(core.clone(), stream);
     conn.run().await;
@@ -380,11 +398,17 @@ impl Conn {
         let _ = self.stream.set_write_timeout(Some(frame_timeout));
         loop {
             let end = self.process().await;
-            if !self.wbuf.is_empty() {
-                if self.stream.write_all(&self.wbuf).await.is_err() {
-                    return;
-                }
-                self.wbuf.clear();
+            if !self.flush_out().await {
+                return;
+            }
+            // Give back memory a burst made us take.
+            if self.wbuf.capacity() > MAX_KEPT_BUF {
+                self.wbuf = Vec::with_capacity(16 * 1024);
+            }
+            if self.start == self.end && self.rbuf.len() > MAX_KEPT_BUF {
+                self.rbuf = vec![0; 16 * 1024];
+                self.start = 0;
+                self.end = 0;
             }
             if let End::Close = end {
                 let _ = self.stream.close().await;
@@ -416,6 +440,8 @@ impl Conn {
                         return;
                     }
                 },
+                // Before the hello a connection is not yet a client: it gets the frame deadline.
+                None if !self.hello_done => frame_timeout,
                 None => idle_timeout,
             };
             let _ = self.stream.set_read_timeout(Some(timeout));
@@ -431,6 +457,24 @@ impl Conn {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Writes pending replies, within one overall deadline (a client that reads slowly is cut
+    /// off). Returns false when the connection is unusable.
+    async fn flush_out(&mut self) -> bool {
+        if self.wbuf.is_empty() {
+            return true;
+        }
+        let deadline = self.core.shared.cfg.frame_timeout;
+        let write = glommio::timer::timeout(deadline, async {
+            self.stream
+                .write_all(&self.wbuf)
+                .await
+                .map_err(glommio::GlommioError::from)
+        });
+        let ok = write.await.is_ok();
+        self.wbuf.clear();
+        ok
     }
 
     async fn frame_timed_out(&mut self) {
@@ -463,6 +507,11 @@ impl Conn {
                 Err(be) => self.reject(request_id, be.code(), be.to_string()),
             };
             if let End::Close = end {
+                self.commit_pending().await;
+                return End::Close;
+            }
+            // Replies wait in memory only up to a bound: write them out as they accumulate.
+            if self.wbuf.len() >= FLUSH_AT && !self.flush_out().await {
                 self.commit_pending().await;
                 return End::Close;
             }

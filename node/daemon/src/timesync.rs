@@ -254,18 +254,24 @@ pub fn query(server: &str, timeout: Duration) -> Result<Sample, String> {
         "[::]:0"
     };
     let sock = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
-    sock.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
     sock.connect(addr).map_err(|e| format!("connect: {e}"))?;
     let t1 = system_ns();
     sock.send(&request(t1)).map_err(|e| format!("send: {e}"))?;
+    let deadline = std::time::Instant::now() + timeout;
     let mut buf = [0u8; 512];
     loop {
+        // One overall deadline: stray datagrams must not keep us waiting forever.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("receive: timed out".into());
+        }
+        sock.set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
         let n = sock.recv(&mut buf).map_err(|e| format!("receive: {e}"))?;
         let t4 = system_ns();
         match parse_reply(&buf[..n], t1, t4) {
             Ok(s) => return Ok(s),
-            // A stray or stale datagram: keep waiting for ours until the timeout.
+            // A stray or stale datagram: keep waiting for ours until the deadline.
             Err(SntpError::Bogus) => continue,
             Err(e) => return Err(e.to_string()),
         }

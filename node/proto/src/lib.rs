@@ -4,6 +4,7 @@ pub mod epoch;
 pub mod frame;
 pub mod id;
 pub mod msg;
+pub mod ring;
 
 pub use epoch::Epoch;
 pub use frame::{Decoder, FrameError, Parsed, RawFrame};

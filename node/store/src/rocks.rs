@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, MultiThreaded, Options, WriteBatch,
@@ -90,6 +90,10 @@ pub struct RocksStore {
     /// The partitions that exist. Its lock also serialises creating and dropping them (the slow
     /// path); reads never take it, writes only when a partition is missing.
     partitions: Mutex<BTreeSet<Epoch>>,
+    /// Writers hold it shared from admission until their batch is written; dropping partitions
+    /// holds it exclusively. A batch naming a partition dropped under it would make RocksDB
+    /// record a fatal background error and refuse every later write.
+    write_gate: RwLock<()>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -169,6 +173,7 @@ impl RocksStore {
             cf_opts,
             write_opts,
             ledger: Mutex::new(Ledger::default()),
+            write_gate: RwLock::new(()),
             partitions: Mutex::new(existing.iter().filter_map(|n| parse_cf_name(n)).collect()),
         };
         store.recount()?;
@@ -257,6 +262,7 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn put_batch(&self, items: &[PutItem<'_>]) -> Vec<Result<(), StoreError>> {
+        let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
         let mut results = self.ledger().admit(items, &self.opts.limits);
         let mut batch = WriteBatch::default();
         let mut operand = Vec::with_capacity(64 + 1024);
@@ -340,6 +346,7 @@ impl Store for RocksStore {
     }
 
     fn drop_epochs_before(&self, oldest_live: Epoch) -> Result<DropReport, StoreError> {
+        let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
         let mut parts = self.partitions();
         let records = self.ledger().expire_before(oldest_live);
         let mut dropped = Vec::new();

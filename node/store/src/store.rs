@@ -182,6 +182,10 @@ impl Ledger {
     pub(crate) fn release(&mut self, items: &[PutItem<'_>], failed: impl Iterator<Item = usize>) {
         for i in failed {
             let it = &items[i];
+            if it.epoch < self.floor {
+                // Its epoch was expired meanwhile, and its bytes went with it.
+                continue;
+            }
             let len = it.value.len() as u64;
             self.total_bytes = self.total_bytes.saturating_sub(len);
             if let Some(e) = self.epochs.get_mut(&it.epoch) {
@@ -197,7 +201,9 @@ impl Ledger {
         let kept = self.epochs.split_off(&self.floor);
         let gone = std::mem::replace(&mut self.epochs, kept);
         let records = gone.values().map(|e| e.records).sum();
-        self.total_bytes -= gone.values().map(|e| e.bytes).sum::<u64>();
+        self.total_bytes = self
+            .total_bytes
+            .saturating_sub(gone.values().map(|e| e.bytes).sum::<u64>());
         records
     }
 
@@ -231,5 +237,50 @@ pub(crate) fn ring_ranges(after: Id, upto: Id) -> Vec<(Key, Key)> {
         }
         out.push((Key([0; 32]), Key(upto.0)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_after_expiry_does_not_count_twice() {
+        let mut l = Ledger::default();
+        let limits = Limits {
+            max_total_bytes: 100,
+            ..Limits::default()
+        };
+        let items = [PutItem {
+            epoch: Epoch(5),
+            key: Key([1; 32]),
+            stamp: 1,
+            value: &[0; 10],
+        }];
+        assert!(l.admit(&items, &limits)[0].is_ok());
+        assert_eq!(l.total_bytes, 10);
+        // GC expires the epoch while the batch is being written, then the write fails.
+        l.expire_before(Epoch(6));
+        l.release(&items, std::iter::once(0));
+        assert_eq!(l.total_bytes, 0);
+        let later = [PutItem {
+            epoch: Epoch(6),
+            key: Key([1; 32]),
+            stamp: 1,
+            value: &[0; 100],
+        }];
+        assert!(l.admit(&later, &limits)[0].is_ok(), "quota intact");
+    }
+
+    #[test]
+    fn ring_ranges_split_at_wrap() {
+        let a = Id([0x80; 32]);
+        let b = Id([0x10; 32]);
+        assert_eq!(ring_ranges(b, a).len(), 1);
+        assert_eq!(ring_ranges(a, b).len(), 2);
+        assert_eq!(
+            ring_ranges(Id([0xff; 32]), b),
+            vec![(Key([0; 32]), Key(b.0))]
+        );
     }
 }

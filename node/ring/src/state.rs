@@ -1,0 +1,804 @@
+//! The ring state machine: membership maintenance (join, stabilize, rectify, predecessor
+//! checks, fingers) and iterative lookups, driven by messages and `now`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use tarn_proto::ring::{NodeRef, RingMessage, RingRequest, RingResponse};
+use tarn_proto::Id;
+
+use crate::lookup::{Lookup, LookupError, LookupId, LookupOutcome, Purpose};
+use crate::Rng;
+
+/// Protocol constants. Times are milliseconds of the caller's monotonic clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Successor list length `r`.
+    pub succ_list_len: usize,
+    /// Interval between stabilize rounds.
+    pub stabilize_ms: u64,
+    /// Interval between predecessor liveness checks.
+    pub check_pred_ms: u64,
+    /// Interval between finger fixes (one finger lookup per tick).
+    pub fix_fingers_ms: u64,
+    /// A request unanswered after this is treated as failed.
+    pub rpc_timeout_ms: u64,
+    /// A lookup unfinished after this fails.
+    pub lookup_timeout_ms: u64,
+    /// A lookup taking more hops than this fails.
+    pub max_hops: u32,
+    /// Candidates offered in a `Closer` answer.
+    pub fanout: usize,
+    /// Delay before a failed join is retried.
+    pub join_retry_ms: u64,
+}
+
+impl Default for RingConfig {
+    fn default() -> RingConfig {
+        RingConfig {
+            succ_list_len: 8,
+            stabilize_ms: 500,
+            check_pred_ms: 1000,
+            fix_fingers_ms: 200,
+            rpc_timeout_ms: 1000,
+            lookup_timeout_ms: 5000,
+            max_hops: 64,
+            fanout: 3,
+            join_retry_ms: 1000,
+        }
+    }
+}
+
+/// What the caller asks the ring to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Start a new ring alone.
+    Bootstrap,
+    /// Join the ring these nodes belong to (tried in turn until one answers).
+    Join {
+        /// Addresses of members (at least one).
+        via: Vec<String>,
+    },
+    /// Find the node responsible for `target` (and its successors).
+    Lookup {
+        /// Caller's id for the lookup, echoed in [`Event::LookupDone`].
+        id: LookupId,
+        /// The id to look up.
+        target: Id,
+    },
+}
+
+/// What the ring reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The join finished: the node is a member.
+    Joined,
+    /// The successor list changed (handoff and replication react to this).
+    SuccessorsChanged,
+    /// The predecessor changed (the node's key range changed).
+    PredecessorChanged,
+    /// A lookup finished.
+    LookupDone {
+        /// The caller's id.
+        id: LookupId,
+        /// Its outcome.
+        outcome: LookupOutcome,
+    },
+}
+
+/// Something for the caller to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `msg` to the node at `to`.
+    Send {
+        /// Destination address.
+        to: String,
+        /// The message.
+        msg: RingMessage,
+    },
+    /// Report an event.
+    Event(Event),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not started.
+    Idle,
+    /// Looking for our successor through one of `via` (`attempt` picks which).
+    Joining { via: Vec<String>, attempt: usize },
+    /// Part of a ring (possibly alone).
+    Member,
+}
+
+/// Why a request is outstanding.
+#[derive(Debug)]
+enum Rpc {
+    /// Stabilize asked our first successor for its state.
+    StabilizeSucc { succ: NodeRef },
+    /// Stabilize asked a candidate successor (our successor's predecessor) for its state;
+    /// `fallback` is the list to adopt if it does not answer.
+    StabilizeCandidate { fallback: Vec<NodeRef> },
+    /// We told our successor about ourselves.
+    Rectify,
+    /// Liveness check of our predecessor.
+    PingPred { pred: NodeRef },
+    /// Join: asked the found successor for its list.
+    JoinState { succ: NodeRef },
+    /// One hop of lookup `lookup`.
+    Step { lookup: u64 },
+}
+
+#[derive(Debug)]
+struct Pending {
+    to: String,
+    deadline: u64,
+    rpc: Rpc,
+}
+
+/// The Chord state of one node.
+#[derive(Debug)]
+pub struct Ring {
+    cfg: RingConfig,
+    me: NodeRef,
+    rng: Rng,
+    phase: Phase,
+    pred: Option<NodeRef>,
+    succs: Vec<NodeRef>,
+    /// `fingers[i]` = successor(me + 2^i) when it differs from our first successor.
+    fingers: Vec<Option<NodeRef>>,
+    next_finger: usize,
+    finger_lookup: Option<u64>,
+    pending: HashMap<u64, Pending>,
+    lookups: HashMap<u64, Lookup>,
+    next_rpc: u64,
+    stabilizing: bool,
+    next_stabilize: u64,
+    next_check_pred: u64,
+    next_fix_finger: u64,
+    next_join_try: Option<u64>,
+    /// Consecutive failed stabilize requests to our first successor (by address).
+    suspect: Option<(String, u32)>,
+    /// Members seen recently, for rejoining if every successor and the predecessor are lost.
+    last_known: Vec<String>,
+    out: VecDeque<Action>,
+}
+
+/// Consecutive unanswered stabilize requests before a successor is declared dead. One lost
+/// message must not cost a live successor: in small rings that can empty a successor list.
+const SUSPICION_LIMIT: u32 = 2;
+
+impl Ring {
+    /// A node that has not started; give it [`Command::Bootstrap`] or [`Command::Join`].
+    pub fn new(cfg: RingConfig, me: NodeRef, seed: u64) -> Ring {
+        Ring {
+            cfg,
+            me,
+            rng: Rng::new(seed),
+            phase: Phase::Idle,
+            pred: None,
+            succs: Vec::new(),
+            fingers: vec![None; 256],
+            next_finger: 255,
+            finger_lookup: None,
+            pending: HashMap::new(),
+            lookups: HashMap::new(),
+            next_rpc: 1,
+            stabilizing: false,
+            next_stabilize: 0,
+            next_check_pred: 0,
+            next_fix_finger: 0,
+            next_join_try: None,
+            suspect: None,
+            last_known: Vec::new(),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// This node.
+    pub fn me(&self) -> &NodeRef {
+        &self.me
+    }
+
+    /// Whether the node is a ring member (bootstrapped or joined).
+    pub fn is_member(&self) -> bool {
+        self.phase == Phase::Member
+    }
+
+    /// The successor list (never containing this node).
+    pub fn successors(&self) -> &[NodeRef] {
+        &self.succs
+    }
+
+    /// The predecessor, if known.
+    pub fn predecessor(&self) -> Option<&NodeRef> {
+        self.pred.as_ref()
+    }
+
+    /// Whether this node is responsible for `id`, i.e. `id ∈ (pred, me]` (everything when it
+    /// knows no predecessor and no successor).
+    pub fn is_responsible(&self, id: &Id) -> bool {
+        match &self.pred {
+            Some(p) => id.in_half_open(&p.id, &self.me.id),
+            None => self.succs.is_empty(),
+        }
+    }
+
+    /// The next action to carry out, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.out.pop_front()
+    }
+
+    /// When [`Ring::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |x: u64| t = Some(t.map_or(x, |c| c.min(x)));
+        if self.phase == Phase::Member {
+            at(self.next_stabilize);
+            at(self.next_check_pred);
+            at(self.next_fix_finger);
+        }
+        if let Some(j) = self.next_join_try {
+            at(j);
+        }
+        for p in self.pending.values() {
+            at(p.deadline);
+        }
+        for l in self.lookups.values() {
+            at(l.deadline);
+        }
+        t
+    }
+
+    /// Carries out a command.
+    pub fn command(&mut self, now: u64, cmd: Command) {
+        match cmd {
+            Command::Bootstrap => {
+                self.phase = Phase::Member;
+                self.schedule_member_timers(now);
+                self.out.push_back(Action::Event(Event::Joined));
+            }
+            Command::Join { via } => {
+                if via.is_empty() {
+                    // Nothing to join: behave as a new ring rather than wait forever.
+                    self.command(now, Command::Bootstrap);
+                    return;
+                }
+                self.phase = Phase::Joining { via, attempt: 0 };
+                self.start_join(now);
+            }
+            Command::Lookup { id, target } => {
+                let candidates = if self.phase == Phase::Member {
+                    vec![self.me.clone()]
+                } else {
+                    Vec::new()
+                };
+                self.start_lookup(now, target, Purpose::User(id), candidates);
+            }
+        }
+    }
+
+    /// Handles a message from another node.
+    pub fn handle(&mut self, now: u64, msg: RingMessage) {
+        match msg {
+            RingMessage::Request { rpc, from, body } => {
+                let reply = self.answer(&from, body);
+                self.send(
+                    from.addr.clone(),
+                    RingMessage::Response {
+                        rpc,
+                        from: self.me.clone(),
+                        body: reply,
+                    },
+                );
+            }
+            RingMessage::Response { rpc, from, body } => {
+                let Some(p) = self.pending.remove(&rpc) else {
+                    return;
+                };
+                if p.to != from.addr {
+                    // Not from whom we asked: keep waiting for the real answer.
+                    self.pending.insert(rpc, p);
+                    return;
+                }
+                self.on_response(now, p.rpc, from, body);
+            }
+        }
+    }
+
+    /// Fires every timer and deadline due at `now`.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            if let Some(p) = self.pending.remove(&k) {
+                self.on_failure(now, p.rpc);
+            }
+        }
+        let late: Vec<u64> = self
+            .lookups
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            self.finish_lookup(now, k, Err(LookupError::Timeout));
+        }
+        if let Some(t) = self.next_join_try {
+            if t <= now {
+                self.next_join_try = None;
+                if let Phase::Joining { attempt, .. } = &mut self.phase {
+                    *attempt += 1;
+                    self.start_join(now);
+                }
+            }
+        }
+        if self.phase != Phase::Member {
+            return;
+        }
+        if self.next_stabilize <= now {
+            self.next_stabilize =
+                now + self.cfg.stabilize_ms + self.rng.below(self.cfg.stabilize_ms / 4 + 1);
+            self.stabilize(now);
+        }
+        if self.next_check_pred <= now {
+            self.next_check_pred =
+                now + self.cfg.check_pred_ms + self.rng.below(self.cfg.check_pred_ms / 4 + 1);
+            if let Some(p) = self.pred.clone() {
+                self.request(
+                    now,
+                    p.addr.clone(),
+                    RingRequest::Ping,
+                    Rpc::PingPred { pred: p },
+                );
+            }
+        }
+        if self.next_fix_finger <= now {
+            self.next_fix_finger = now + self.cfg.fix_fingers_ms;
+            if self.finger_lookup.is_none() && !self.succs.is_empty() {
+                let i = self.next_finger;
+                let target = self.me.id.add_pow2(i as u32);
+                let key = self.start_lookup(now, target, Purpose::Finger(i), vec![self.me.clone()]);
+                self.finger_lookup = key;
+            }
+        }
+    }
+
+    fn schedule_member_timers(&mut self, now: u64) {
+        self.next_stabilize = now;
+        self.next_check_pred = now + self.cfg.check_pred_ms;
+        self.next_fix_finger = now + self.cfg.fix_fingers_ms;
+    }
+
+    fn send(&mut self, to: String, msg: RingMessage) {
+        self.out.push_back(Action::Send { to, msg });
+    }
+
+    fn request(&mut self, now: u64, to: String, body: RingRequest, rpc: Rpc) {
+        let id = self.next_rpc;
+        self.next_rpc += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                to: to.clone(),
+                deadline: now + self.cfg.rpc_timeout_ms,
+                rpc,
+            },
+        );
+        self.send(
+            to,
+            RingMessage::Request {
+                rpc: id,
+                from: self.me.clone(),
+                body,
+            },
+        );
+    }
+
+    /// `[head] ++ rest`, cut at the first occurrence of ourselves (a ring of at most r members
+    /// wraps around there), without duplicates, at most r long.
+    fn successor_list(&self, head: NodeRef, rest: Vec<NodeRef>) -> Vec<NodeRef> {
+        let mut out: Vec<NodeRef> = Vec::with_capacity(self.cfg.succ_list_len);
+        for n in std::iter::once(head).chain(rest) {
+            if n.id == self.me.id || n.addr == self.me.addr {
+                break;
+            }
+            if out.iter().any(|o| o.id == n.id) {
+                continue;
+            }
+            out.push(n);
+            if out.len() == self.cfg.succ_list_len {
+                break;
+            }
+        }
+        out
+    }
+
+    fn set_successors(&mut self, succs: Vec<NodeRef>) {
+        if succs != self.succs {
+            if !succs.is_empty() {
+                self.last_known = succs.iter().map(|n| n.addr.clone()).collect();
+            }
+            self.succs = succs;
+            self.out.push_back(Action::Event(Event::SuccessorsChanged));
+        }
+    }
+
+    /// Every successor and the predecessor are gone: rather than stay a ring of one forever,
+    /// join again through the members we knew last.
+    fn rejoin_if_isolated(&mut self, now: u64) {
+        if self.succs.is_empty() && self.pred.is_none() && !self.last_known.is_empty() {
+            let via = std::mem::take(&mut self.last_known);
+            self.stabilizing = false;
+            self.phase = Phase::Joining { via, attempt: 0 };
+            self.start_join(now);
+        }
+    }
+
+    fn set_predecessor(&mut self, pred: Option<NodeRef>) {
+        if pred != self.pred {
+            self.pred = pred;
+            self.out.push_back(Action::Event(Event::PredecessorChanged));
+        }
+    }
+
+    fn answer(&mut self, from: &NodeRef, body: RingRequest) -> RingResponse {
+        match body {
+            RingRequest::GetState => RingResponse::State {
+                me: self.me.clone(),
+                pred: self.pred.clone(),
+                succs: self.succs.clone(),
+            },
+            RingRequest::Ping => RingResponse::Pong,
+            RingRequest::Rectify(cand) => {
+                if self.phase == Phase::Member && cand.id != self.me.id && cand.addr == from.addr {
+                    let adopt = match &self.pred {
+                        None => true,
+                        Some(p) => cand.id.in_open(&p.id, &self.me.id),
+                    };
+                    if adopt {
+                        self.set_predecessor(Some(cand));
+                    }
+                }
+                RingResponse::Ack
+            }
+            RingRequest::FindStep { target } => self.local_step(&target),
+        }
+    }
+
+    /// One lookup step evaluated here.
+    fn local_step(&self, target: &Id) -> RingResponse {
+        if self.phase != Phase::Member {
+            return RingResponse::Closer {
+                candidates: Vec::new(),
+            };
+        }
+        if self.is_responsible(target) {
+            let mut succs = vec![self.me.clone()];
+            succs.extend(
+                self.succs
+                    .iter()
+                    .take(self.cfg.succ_list_len.saturating_sub(1))
+                    .cloned(),
+            );
+            return RingResponse::Found { succs };
+        }
+        if let Some(first) = self.succs.first() {
+            if target.in_half_open(&self.me.id, &first.id) {
+                return RingResponse::Found {
+                    succs: self.succs.clone(),
+                };
+            }
+        }
+        RingResponse::Closer {
+            candidates: self.closest_preceding(target),
+        }
+    }
+
+    /// Known nodes strictly between us and `target`, closest to `target` first.
+    fn closest_preceding(&self, target: &Id) -> Vec<NodeRef> {
+        let mut seen: HashSet<Id> = HashSet::new();
+        let mut c: Vec<&NodeRef> = self
+            .fingers
+            .iter()
+            .flatten()
+            .chain(self.succs.iter())
+            .filter(|n| n.id.in_open(&self.me.id, target) && seen.insert(n.id))
+            .collect();
+        c.sort_by_key(|n| n.id.distance_to(target));
+        c.into_iter().take(self.cfg.fanout).cloned().collect()
+    }
+
+    fn stabilize(&mut self, now: u64) {
+        if self.stabilizing {
+            return;
+        }
+        match self.succs.first().cloned() {
+            Some(s) => {
+                self.stabilizing = true;
+                self.request(
+                    now,
+                    s.addr.clone(),
+                    RingRequest::GetState,
+                    Rpc::StabilizeSucc { succ: s },
+                );
+            }
+            None => {
+                // Alone (or every successor gone): in Zave's model our successor is ourselves,
+                // whose predecessor is the candidate.
+                if let Some(p) = self.pred.clone() {
+                    self.stabilizing = true;
+                    self.request(
+                        now,
+                        p.addr,
+                        RingRequest::GetState,
+                        Rpc::StabilizeCandidate {
+                            fallback: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn adopt_and_rectify(&mut self, now: u64, succs: Vec<NodeRef>) {
+        self.set_successors(succs);
+        self.stabilizing = false;
+        if let Some(s) = self.succs.first().cloned() {
+            self.request(
+                now,
+                s.addr,
+                RingRequest::Rectify(self.me.clone()),
+                Rpc::Rectify,
+            );
+        }
+    }
+
+    fn on_response(&mut self, now: u64, rpc: Rpc, from: NodeRef, body: RingResponse) {
+        match (rpc, body) {
+            (Rpc::StabilizeSucc { succ }, RingResponse::State { pred, succs, .. }) => {
+                self.suspect = None;
+                let base = self.successor_list(succ.clone(), succs);
+                match pred {
+                    Some(p) if p.id != self.me.id && p.id.in_open(&self.me.id, &succ.id) => {
+                        // Adopt only if it answers (Zave): ask it for its own list.
+                        self.request(
+                            now,
+                            p.addr.clone(),
+                            RingRequest::GetState,
+                            Rpc::StabilizeCandidate { fallback: base },
+                        );
+                    }
+                    _ => self.adopt_and_rectify(now, base),
+                }
+            }
+            (Rpc::StabilizeCandidate { .. }, RingResponse::State { me, succs, .. }) => {
+                let list = self.successor_list(me, succs);
+                self.adopt_and_rectify(now, list);
+            }
+            (Rpc::JoinState { succ }, RingResponse::State { succs, .. }) => {
+                if matches!(self.phase, Phase::Joining { .. }) {
+                    let list = self.successor_list(succ, succs);
+                    if list.is_empty() {
+                        self.retry_join(now);
+                        return;
+                    }
+                    self.pred = None;
+                    self.set_successors(list);
+                    self.phase = Phase::Member;
+                    self.schedule_member_timers(now);
+                    self.out.push_back(Action::Event(Event::Joined));
+                }
+            }
+            (Rpc::Step { lookup }, body) => {
+                let Some(l) = self.lookups.get_mut(&lookup) else {
+                    return;
+                };
+                l.hops += 1;
+                match body {
+                    RingResponse::Found { succs } if !succs.is_empty() => {
+                        self.finish_lookup(now, lookup, Ok(succs));
+                    }
+                    RingResponse::Closer { candidates } => {
+                        l.prepend(candidates);
+                        self.step_lookup(now, lookup);
+                    }
+                    _ => self.step_lookup(now, lookup),
+                }
+            }
+            (Rpc::Rectify, _) | (Rpc::PingPred { .. }, _) => {}
+            (rpc, _) => {
+                // A response of the wrong shape: treat as a failure of that request.
+                let _ = from;
+                self.on_failure(now, rpc);
+            }
+        }
+    }
+
+    fn on_failure(&mut self, now: u64, rpc: Rpc) {
+        match rpc {
+            Rpc::StabilizeSucc { succ } => {
+                self.stabilizing = false;
+                self.next_stabilize = now;
+                let count = match &self.suspect {
+                    Some((addr, n)) if *addr == succ.addr => n + 1,
+                    _ => 1,
+                };
+                if count < SUSPICION_LIMIT {
+                    self.suspect = Some((succ.addr, count));
+                    return;
+                }
+                // A dead first successor is dropped; stabilize again at once with the next.
+                self.suspect = None;
+                let rest: Vec<NodeRef> = self
+                    .succs
+                    .iter()
+                    .filter(|n| n.addr != succ.addr)
+                    .cloned()
+                    .collect();
+                self.set_successors(rest);
+                self.rejoin_if_isolated(now);
+            }
+            Rpc::StabilizeCandidate { fallback } => {
+                if fallback.is_empty() {
+                    self.stabilizing = false;
+                } else {
+                    self.adopt_and_rectify(now, fallback);
+                }
+            }
+            Rpc::PingPred { pred } => {
+                if self.pred.as_ref() == Some(&pred) {
+                    self.set_predecessor(None);
+                    self.rejoin_if_isolated(now);
+                }
+            }
+            Rpc::JoinState { .. } => self.retry_join(now),
+            Rpc::Step { lookup } => self.step_lookup(now, lookup),
+            Rpc::Rectify => {}
+        }
+    }
+
+    fn start_join(&mut self, now: u64) {
+        let Phase::Joining { via, attempt } = &self.phase else {
+            return;
+        };
+        // Start from a different bootstrap node on each attempt; the others are fallbacks.
+        let n = via.len();
+        let candidates: Vec<NodeRef> = (0..n)
+            .map(|k| NodeRef {
+                id: Id::ZERO,
+                addr: via[(attempt + k) % n].clone(),
+            })
+            .collect();
+        self.start_lookup(now, self.me.id, Purpose::Join, candidates);
+    }
+
+    fn retry_join(&mut self, now: u64) {
+        if matches!(self.phase, Phase::Joining { .. }) {
+            self.next_join_try = Some(now + self.cfg.join_retry_ms);
+        }
+    }
+
+    fn start_lookup(
+        &mut self,
+        now: u64,
+        target: Id,
+        purpose: Purpose,
+        candidates: Vec<NodeRef>,
+    ) -> Option<u64> {
+        let key = self.next_rpc;
+        self.next_rpc += 1;
+        self.lookups.insert(
+            key,
+            Lookup {
+                target,
+                purpose,
+                deadline: now + self.cfg.lookup_timeout_ms,
+                hops: 0,
+                candidates,
+                asked: HashSet::new(),
+            },
+        );
+        self.step_lookup(now, key);
+        self.lookups.contains_key(&key).then_some(key)
+    }
+
+    fn step_lookup(&mut self, now: u64, key: u64) {
+        loop {
+            let Some(l) = self.lookups.get_mut(&key) else {
+                return;
+            };
+            if l.hops > self.cfg.max_hops {
+                self.finish_lookup(now, key, Err(LookupError::TooManyHops));
+                return;
+            }
+            let Some(c) = l.next_candidate() else {
+                self.finish_lookup(now, key, Err(LookupError::NoCandidates));
+                return;
+            };
+            let target = l.target;
+            if c.addr == self.me.addr {
+                match self.local_step(&target) {
+                    RingResponse::Found { succs } => {
+                        self.finish_lookup(now, key, Ok(succs));
+                        return;
+                    }
+                    RingResponse::Closer { candidates } => {
+                        if let Some(l) = self.lookups.get_mut(&key) {
+                            l.prepend(candidates);
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                }
+            }
+            self.request(
+                now,
+                c.addr.clone(),
+                RingRequest::FindStep { target },
+                Rpc::Step { lookup: key },
+            );
+            return;
+        }
+    }
+
+    fn finish_lookup(&mut self, now: u64, key: u64, result: Result<Vec<NodeRef>, LookupError>) {
+        let Some(l) = self.lookups.remove(&key) else {
+            return;
+        };
+        // Drop requests still outstanding for this lookup.
+        self.pending
+            .retain(|_, p| !matches!(p.rpc, Rpc::Step { lookup } if lookup == key));
+        match l.purpose {
+            Purpose::User(id) => self.out.push_back(Action::Event(Event::LookupDone {
+                id,
+                outcome: LookupOutcome {
+                    result,
+                    hops: l.hops,
+                },
+            })),
+            Purpose::Join => match result {
+                Ok(found) => {
+                    // Copy the successor list of a live member: the first found node that is
+                    // not ourselves (a stale entry of our previous incarnation may linger).
+                    match found
+                        .into_iter()
+                        .find(|n| n.id != self.me.id && n.addr != self.me.addr)
+                    {
+                        Some(s) => self.request(
+                            now,
+                            s.addr.clone(),
+                            RingRequest::GetState,
+                            Rpc::JoinState { succ: s },
+                        ),
+                        None => self.retry_join(now),
+                    }
+                }
+                Err(_) => self.retry_join(now),
+            },
+            Purpose::Finger(i) => {
+                self.finger_lookup = None;
+                if let Ok(found) = result {
+                    let f = found.into_iter().next().filter(|n| n.id != self.me.id);
+                    let is_succ = match (&f, self.succs.first()) {
+                        (Some(f), Some(s)) => f.id == s.id,
+                        (None, _) => true,
+                        _ => false,
+                    };
+                    if is_succ {
+                        // Every lower finger is our first successor too: clear them, start over.
+                        for slot in &mut self.fingers[..=i] {
+                            *slot = None;
+                        }
+                        self.next_finger = 255;
+                        return;
+                    }
+                    self.fingers[i] = f;
+                }
+                self.next_finger = if i == 0 { 255 } else { i - 1 };
+            }
+        }
+    }
+}

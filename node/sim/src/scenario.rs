@@ -1,0 +1,251 @@
+//! Seeded scenarios: build a ring by joins, optionally churn it (crashes, restarts, joins,
+//! message loss, short partitions), let it settle, then check Zave's invariants and that
+//! lookups from every node find the true successor.
+
+use tarn_proto::Id;
+use tarn_ring::{Command, RingConfig};
+
+use crate::net::{node_id, Rng, Sim, SimNet};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Seed: the whole run replays from it.
+    pub seed: u64,
+    /// Initial members.
+    pub nodes: usize,
+    /// Churn events (0: none).
+    pub churn_events: usize,
+    /// Virtual time allowed to settle after the last disturbance.
+    pub settle_ms: u64,
+    /// Ring protocol constants.
+    pub ring: RingConfig,
+}
+
+impl Scenario {
+    /// A scenario with defaults tuned for fast simulation.
+    pub fn new(seed: u64, nodes: usize, churn_events: usize) -> Scenario {
+        Scenario {
+            seed,
+            nodes,
+            churn_events,
+            settle_ms: 60_000,
+            ring: RingConfig {
+                fix_fingers_ms: 1000,
+                ..RingConfig::default()
+            },
+        }
+    }
+
+    /// The command that replays this scenario.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run --release -p tarn-sim -- --seed {} --nodes {} --churn {}",
+            self.seed, self.nodes, self.churn_events
+        )
+    }
+}
+
+/// How a scenario ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Invariant violations at the end (empty: correct).
+    pub violations: Vec<String>,
+    /// Virtual ms from the last disturbance until the invariants first held.
+    pub converge_ms: Option<u64>,
+    /// Live members at the end.
+    pub live: usize,
+    /// Lookup hops observed in the final check.
+    pub hops: Vec<u32>,
+    /// Messages delivered.
+    pub messages: u64,
+}
+
+/// Zave's invariants over the live members: each member's successor list is exactly the next
+/// `min(r, n-1)` live members in ring order (one ordered ring, ordered lists, no duplicates,
+/// not itself), and its predecessor is the previous live member.
+pub fn check_invariants(sim: &Sim, r: usize) -> Vec<String> {
+    let mut live: Vec<(Id, String)> = sim
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.alive)
+        .map(|(a, n)| (n.ring.me().id, a.clone()))
+        .collect();
+    live.sort();
+    let n = live.len();
+    let mut v = Vec::new();
+    for (i, (id, addr)) in live.iter().enumerate() {
+        let ring = sim.ring(addr).expect("live node");
+        if !ring.is_member() {
+            v.push(format!("{addr} ({}) is not a member", id.short()));
+            continue;
+        }
+        let want: Vec<Id> = (1..n).take(r).map(|k| live[(i + k) % n].0).collect();
+        let got: Vec<Id> = ring.successors().iter().map(|s| s.id).collect();
+        if got != want {
+            v.push(format!(
+                "{addr}: successors {:?} but ring order says {:?}",
+                got.iter().map(Id::short).collect::<Vec<_>>(),
+                want.iter().map(Id::short).collect::<Vec<_>>()
+            ));
+        }
+        let want_pred = (n > 1).then(|| live[(i + n - 1) % n].0);
+        let got_pred = ring.predecessor().map(|p| p.id);
+        if got_pred != want_pred {
+            v.push(format!(
+                "{addr}: predecessor {:?} but ring order says {:?}",
+                got_pred.map(|p| p.short()),
+                want_pred.map(|p| p.short())
+            ));
+        }
+    }
+    v
+}
+
+/// The live member responsible for `target` (its successor on the ring).
+fn true_successor(live: &[(Id, String)], target: &Id) -> Id {
+    live.iter()
+        .map(|(id, _)| *id)
+        .find(|id| id >= target)
+        .unwrap_or(live[0].0)
+}
+
+/// Runs a scenario to the end.
+pub fn run_scenario(sc: &Scenario) -> Outcome {
+    let r = sc.ring.succ_list_len;
+    let mut sim = Sim::new(sc.seed, SimNet::default(), sc.ring.clone());
+    let mut rng = Rng::new(sc.seed ^ 0x5ce4_a810);
+    let addr = |i: usize| format!("n{i}");
+    let mut next_index = sc.nodes;
+
+    // Build: node 0 bootstraps, the others join through a random earlier node.
+    sim.start(&addr(0), node_id(sc.seed, &addr(0)), Command::Bootstrap);
+    for i in 1..sc.nodes {
+        let t = sim.now() + 50 + rng.below(200);
+        sim.run_until(t);
+        let via = (0..3).map(|_| addr(rng.below(i as u64) as usize)).collect();
+        sim.start(&addr(i), node_id(sc.seed, &addr(i)), Command::Join { via });
+    }
+
+    // Churn: keep fewer than r members dead at once, so no node loses its whole list.
+    let mut dead: Vec<String> = Vec::new();
+    for _ in 0..sc.churn_events {
+        let t = sim.now() + 100 + rng.below(1500);
+        sim.run_until(t);
+        let live = sim.live();
+        match rng.below(6) {
+            0 | 1 if dead.len() + 1 < r && live.len() > 1 => {
+                let victim = live[rng.below(live.len() as u64) as usize].clone();
+                sim.crash(&victim);
+                dead.push(victim);
+            }
+            2 if !dead.is_empty() => {
+                // A crashed node comes back with nothing and joins as new.
+                let back = dead.remove(rng.below(dead.len() as u64) as usize);
+                let live = sim.live();
+                let via = (0..3)
+                    .map(|_| live[rng.below(live.len() as u64) as usize].clone())
+                    .collect();
+                let id = sim.ring(&back).expect("known").me().id;
+                sim.start(&back, id, Command::Join { via });
+            }
+            3 => {
+                let live = sim.live();
+                let via = (0..3)
+                    .map(|_| live[rng.below(live.len() as u64) as usize].clone())
+                    .collect();
+                let a = addr(next_index);
+                next_index += 1;
+                sim.start(&a, node_id(sc.seed, &a), Command::Join { via });
+            }
+            4 => {
+                // A burst of loss.
+                sim.set_loss(50_000 + rng.below(150_000) as u32);
+                let t = sim.now() + 200 + rng.below(600);
+                sim.run_until(t);
+                sim.set_loss(0);
+            }
+            _ => {
+                // A short partition (shorter than the request timeout, so it acts like loss:
+                // a partition long enough for both sides to drop each other splits Chord into
+                // two rings that never merge — outside Zave's model, see README).
+                let live = sim.live();
+                for a in &live {
+                    sim.set_group(a, (rng.below(2)) as u8);
+                }
+                let t = sim.now() + 100 + rng.below(sc.ring.rpc_timeout_ms / 2);
+                sim.run_until(t);
+                for a in &live {
+                    sim.set_group(a, 0);
+                }
+            }
+        }
+    }
+
+    // Settle: check every second until the invariants hold or time runs out.
+    let start = sim.now();
+    let mut converge_ms = None;
+    let mut violations = Vec::new();
+    while sim.now() < start + sc.settle_ms {
+        let t = sim.now() + 1000;
+        sim.run_until(t);
+        violations = check_invariants(&sim, r);
+        if violations.is_empty() {
+            converge_ms = Some(sim.now() - start);
+            break;
+        }
+    }
+
+    // Lookups from every live node for random targets must find the true successor.
+    let mut hops = Vec::new();
+    if violations.is_empty() {
+        let mut live: Vec<(Id, String)> = sim
+            .live()
+            .into_iter()
+            .map(|a| (sim.ring(&a).expect("live").me().id, a))
+            .collect();
+        live.sort();
+        let mut asked = Vec::new();
+        for (k, (_, a)) in live.iter().enumerate() {
+            for j in 0..4u64 {
+                let mut target = [0u8; 32];
+                for chunk in target.chunks_mut(8) {
+                    chunk.copy_from_slice(&rng.next().to_le_bytes());
+                }
+                let id = (k as u64) * 16 + j;
+                sim.command(
+                    a,
+                    Command::Lookup {
+                        id,
+                        target: Id(target),
+                    },
+                );
+                asked.push((a.clone(), id, Id(target)));
+            }
+        }
+        let t = sim.now() + 10_000;
+        sim.run_until(t);
+        for (a, id, target) in asked {
+            match sim.lookups.get(&(a.clone(), id)) {
+                Some(o) => match &o.result {
+                    Ok(found) if found[0].id == true_successor(&live, &target) => hops.push(o.hops),
+                    Ok(found) => violations.push(format!(
+                        "lookup from {a} for {} found {} instead of {}",
+                        target.short(),
+                        found[0].id.short(),
+                        true_successor(&live, &target).short()
+                    )),
+                    Err(e) => violations.push(format!("lookup from {a} failed: {e:?}")),
+                },
+                None => violations.push(format!("lookup from {a} never finished")),
+            }
+        }
+    }
+    Outcome {
+        violations,
+        converge_ms,
+        live: sim.live().len(),
+        hops,
+        messages: sim.delivered,
+    }
+}
