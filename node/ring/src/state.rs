@@ -165,6 +165,8 @@ pub struct Ring {
 /// Consecutive unanswered stabilize requests before a successor is declared dead. One lost
 /// message must not cost a live successor: in small rings that can empty a successor list.
 const SUSPICION_LIMIT: u32 = 2;
+/// The same for the last remaining successor, whose loss leaves the node alone.
+const LAST_SUCCESSOR_SUSPICION_LIMIT: u32 = 4;
 
 impl Ring {
     /// A node that has not started; give it [`Command::Bootstrap`] or [`Command::Join`].
@@ -280,6 +282,12 @@ impl Ring {
     pub fn handle(&mut self, now: u64, msg: RingMessage) {
         match msg {
             RingMessage::Request { rpc, from, body } => {
+                // A node that is not (or no longer) a member stays silent to maintenance
+                // requests, as if dead: answering with an empty state would truncate the
+                // asker's successor list, and a stale entry for us must be dropped, not kept.
+                if self.phase != Phase::Member && !matches!(body, RingRequest::FindStep { .. }) {
+                    return;
+                }
                 let reply = self.answer(&from, body);
                 self.send(
                     from.addr.clone(),
@@ -426,14 +434,16 @@ impl Ring {
         }
     }
 
-    /// Every successor and the predecessor are gone: rather than stay a ring of one forever,
-    /// join again through the members we knew last.
+    /// Every successor and the predecessor are gone. We stay a member (a ring of one: if all
+    /// the others died, that is what is left), and once try to find the ring again through the
+    /// members we knew last, in case they were only unreachable for a while.
     fn rejoin_if_isolated(&mut self, now: u64) {
         if self.succs.is_empty() && self.pred.is_none() && !self.last_known.is_empty() {
-            let via = std::mem::take(&mut self.last_known);
-            self.stabilizing = false;
-            self.phase = Phase::Joining { via, attempt: 0 };
-            self.start_join(now);
+            let via: Vec<NodeRef> = std::mem::take(&mut self.last_known)
+                .into_iter()
+                .map(|addr| NodeRef { id: Id::ZERO, addr })
+                .collect();
+            self.start_lookup(now, self.me.id, Purpose::Join, via);
         }
     }
 
@@ -579,7 +589,12 @@ impl Ring {
                 self.adopt_and_rectify(now, list);
             }
             (Rpc::JoinState { succ }, RingResponse::State { succs, .. }) => {
-                if matches!(self.phase, Phase::Joining { .. }) {
+                let isolated = self.phase == Phase::Member && self.succs.is_empty() && self.pred.is_none();
+                if isolated {
+                    let list = self.successor_list(succ, succs);
+                    self.set_successors(list);
+                    self.next_stabilize = now;
+                } else if matches!(self.phase, Phase::Joining { .. }) {
                     let list = self.successor_list(succ, succs);
                     if list.is_empty() {
                         self.retry_join(now);
@@ -626,7 +641,8 @@ impl Ring {
                     Some((addr, n)) if *addr == succ.addr => n + 1,
                     _ => 1,
                 };
-                if count < SUSPICION_LIMIT {
+                let limit = if self.succs.len() <= 1 { LAST_SUCCESSOR_SUSPICION_LIMIT } else { SUSPICION_LIMIT };
+                if count < limit {
                     self.suspect = Some((succ.addr, count));
                     return;
                 }

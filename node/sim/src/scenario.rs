@@ -59,6 +59,8 @@ pub struct Outcome {
     pub hops: Vec<u32>,
     /// Messages delivered.
     pub messages: u64,
+    /// Each live node's final state, for diagnosing a failure.
+    pub states: Vec<String>,
 }
 
 /// Zave's invariants over the live members: each member's successor list is exactly the next
@@ -136,8 +138,14 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         match rng.below(6) {
             0 | 1 if dead.len() + 1 < r && live.len() > 1 => {
                 let victim = live[rng.below(live.len() as u64) as usize].clone();
-                sim.crash(&victim);
-                dead.push(victim);
+                // A ring whose every member died is gone; joiners cannot bring it back. Keep
+                // at least one member alive (the model's assumption, like fewer than r dead).
+                let members = live.iter().filter(|a| sim.ring(a).is_some_and(|r| r.is_member())).count();
+                let victim_is_member = sim.ring(&victim).is_some_and(|r| r.is_member());
+                if !victim_is_member || members >= 2 {
+                    sim.crash(&victim);
+                    dead.push(victim);
+                }
             }
             2 if !dead.is_empty() => {
                 // A crashed node comes back with nothing and joins as new.
@@ -186,9 +194,26 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
     let start = sim.now();
     let mut converge_ms = None;
     let mut violations = Vec::new();
+    let mut waiting: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     while sim.now() < start + sc.settle_ms {
         let t = sim.now() + 1000;
         sim.run_until(t);
+        // A node whose bootstrap nodes all died cannot join through them; like an operator
+        // with a fresh bootstrap list, hand it the current members after 5 s.
+        let members: Vec<String> =
+            sim.live().into_iter().filter(|a| sim.ring(a).is_some_and(|r| r.is_member())).collect();
+        for a in sim.live() {
+            if sim.ring(&a).is_some_and(|r| r.is_member()) {
+                waiting.remove(&a);
+                continue;
+            }
+            let w = waiting.entry(a.clone()).or_insert(0);
+            *w += 1;
+            if *w >= 5 && !members.is_empty() {
+                *w = 0;
+                sim.command(&a, Command::Join { via: members.clone() });
+            }
+        }
         violations = check_invariants(&sim, r);
         if violations.is_empty() {
             converge_ms = Some(sim.now() - start);
@@ -241,11 +266,28 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
             }
         }
     }
+    let mut states: Vec<(Id, String)> = sim
+        .live()
+        .into_iter()
+        .map(|a| {
+            let r = sim.ring(&a).expect("live");
+            let line = format!(
+                "{a} {} member={} pred={:?} succs={:?}",
+                r.me().id.short(),
+                r.is_member(),
+                r.predecessor().map(|p| p.addr.clone()),
+                r.successors().iter().map(|s| s.addr.clone()).collect::<Vec<_>>()
+            );
+            (r.me().id, line)
+        })
+        .collect();
+    states.sort();
     Outcome {
         violations,
         converge_ms,
         live: sim.live().len(),
         hops,
         messages: sim.delivered,
+        states: states.into_iter().map(|(_, l)| l).collect(),
     }
 }

@@ -52,6 +52,11 @@ fn main() {
             for v in &o.violations {
                 println!("  violation: {v}");
             }
+            if !o.violations.is_empty() {
+                for st in &o.states {
+                    println!("  state: {st}");
+                }
+            }
             println!(
                 "seed {seed}: {} live, converged in {:?} ms, {} messages, lookup hops {:?}",
                 o.live, o.converge_ms, o.messages, o.hops
