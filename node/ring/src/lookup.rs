@@ -37,6 +37,8 @@ pub(crate) enum Purpose {
     Join,
     /// Fixing finger `i`.
     Finger(usize),
+    /// Checking, through a node seen before, whether another ring holds a closer successor.
+    Merge,
 }
 
 #[derive(Debug)]

@@ -30,6 +30,10 @@ pub struct RingConfig {
     pub fanout: usize,
     /// Delay before a failed join is retried.
     pub join_retry_ms: u64,
+    /// Interval of the ring-merge check (0 disables it): a lookup of our own id through a
+    /// random node seen before; a closer successor found that way is adopted, which weaves
+    /// back together rings that a partition or heavy churn split apart.
+    pub merge_check_ms: u64,
 }
 
 impl Default for RingConfig {
@@ -44,6 +48,7 @@ impl Default for RingConfig {
             max_hops: 64,
             fanout: 3,
             join_retry_ms: 1000,
+            merge_check_ms: 5000,
         }
     }
 }
@@ -159,6 +164,10 @@ pub struct Ring {
     suspect: Option<(String, u32)>,
     /// Members seen recently, for rejoining if every successor and the predecessor are lost.
     last_known: Vec<String>,
+    /// Addresses of nodes ever seen (bounded), for the ring-merge check.
+    known: Vec<String>,
+    next_merge_check: u64,
+    merge_lookup: Option<u64>,
     out: VecDeque<Action>,
 }
 
@@ -191,6 +200,9 @@ impl Ring {
             next_join_try: None,
             suspect: None,
             last_known: Vec::new(),
+            known: Vec::new(),
+            next_merge_check: 0,
+            merge_lookup: None,
             out: VecDeque::new(),
         }
     }
@@ -259,6 +271,9 @@ impl Ring {
                 self.out.push_back(Action::Event(Event::Joined));
             }
             Command::Join { via } => {
+                for v in &via {
+                    self.remember(v);
+                }
                 if via.is_empty() {
                     // Nothing to join: behave as a new ring rather than wait forever.
                     self.command(now, Command::Bootstrap);
@@ -363,6 +378,14 @@ impl Ring {
                 );
             }
         }
+        if self.cfg.merge_check_ms > 0 && self.next_merge_check <= now {
+            self.next_merge_check = now + self.cfg.merge_check_ms + self.rng.below(self.cfg.merge_check_ms / 2 + 1);
+            if self.merge_lookup.is_none() && !self.known.is_empty() {
+                let addr = self.known[self.rng.below(self.known.len() as u64) as usize].clone();
+                let via = vec![NodeRef { id: Id::ZERO, addr }];
+                self.merge_lookup = self.start_lookup(now, self.me.id, Purpose::Merge, via);
+            }
+        }
         if self.next_fix_finger <= now {
             self.next_fix_finger = now + self.cfg.fix_fingers_ms;
             if self.finger_lookup.is_none() && !self.succs.is_empty() {
@@ -378,6 +401,7 @@ impl Ring {
         self.next_stabilize = now;
         self.next_check_pred = now + self.cfg.check_pred_ms;
         self.next_fix_finger = now + self.cfg.fix_fingers_ms;
+        self.next_merge_check = now + self.cfg.merge_check_ms;
     }
 
     fn send(&mut self, to: String, msg: RingMessage) {
@@ -424,7 +448,22 @@ impl Ring {
         out
     }
 
+    fn remember(&mut self, addr: &str) {
+        if addr == self.me.addr || self.known.iter().any(|k| k == addr) {
+            return;
+        }
+        if self.known.len() >= 64 {
+            let i = self.rng.below(self.known.len() as u64) as usize;
+            self.known[i] = addr.to_string();
+        } else {
+            self.known.push(addr.to_string());
+        }
+    }
+
     fn set_successors(&mut self, succs: Vec<NodeRef>) {
+        for n in &succs {
+            self.remember(&n.addr.clone());
+        }
         if succs != self.succs {
             if !succs.is_empty() {
                 self.last_known = succs.iter().map(|n| n.addr.clone()).collect();
@@ -794,6 +833,22 @@ impl Ring {
                 }
                 Err(_) => self.retry_join(now),
             },
+            Purpose::Merge => {
+                self.merge_lookup = None;
+                let Ok(found) = result else { return };
+                // Through another ring, the successor of our own id may lie between us and
+                // our successor here: adopt it if it answers (as stabilize adopts a candidate).
+                let Some(n) = found.into_iter().find(|n| n.id != self.me.id && n.addr != self.me.addr) else { return };
+                let closer = match self.succs.first() {
+                    Some(s) => n.id.in_open(&self.me.id, &s.id),
+                    None => true,
+                };
+                if closer && !self.stabilizing {
+                    self.stabilizing = true;
+                    let fallback = self.succs.clone();
+                    self.request(now, n.addr.clone(), RingRequest::GetState, Rpc::StabilizeCandidate { fallback });
+                }
+            }
             Purpose::Finger(i) => {
                 self.finger_lookup = None;
                 if let Ok(found) = result {
