@@ -51,6 +51,11 @@ pub(crate) struct Lookup {
     pub(crate) candidates: Vec<NodeRef>,
     /// Addresses already asked (never asked twice).
     pub(crate) asked: HashSet<String>,
+    /// Addresses that answered (so are alive).
+    pub(crate) answered: HashSet<String>,
+    /// Verifying a found successor list: the list and the index of the entry asked next. The
+    /// first entry that answers is the live successor (dead entries before it are gone).
+    pub(crate) verify: Option<(Vec<NodeRef>, usize)>,
 }
 
 impl Lookup {

@@ -22,6 +22,8 @@ pub struct RingConfig {
     pub fix_fingers_ms: u64,
     /// A request unanswered after this is treated as failed.
     pub rpc_timeout_ms: u64,
+    /// A lookup hop unanswered after this moves on to the next candidate.
+    pub hop_timeout_ms: u64,
     /// A lookup unfinished after this fails.
     pub lookup_timeout_ms: u64,
     /// A lookup taking more hops than this fails.
@@ -44,9 +46,10 @@ impl Default for RingConfig {
             check_pred_ms: 1000,
             fix_fingers_ms: 200,
             rpc_timeout_ms: 1000,
+            hop_timeout_ms: 400,
             lookup_timeout_ms: 5000,
             max_hops: 64,
-            fanout: 3,
+            fanout: 5,
             join_retry_ms: 1000,
             merge_check_ms: 5000,
         }
@@ -236,6 +239,25 @@ impl Ring {
         }
     }
 
+    /// Installs a converged state directly (simulator only: to study routing over rings too
+    /// large to build by joins). `fingers` are `(i, successor(me + 2^i))`.
+    #[doc(hidden)]
+    pub fn install_converged(
+        &mut self,
+        now: u64,
+        pred: Option<NodeRef>,
+        succs: Vec<NodeRef>,
+        fingers: Vec<(usize, NodeRef)>,
+    ) {
+        self.pred = pred;
+        self.succs = succs;
+        for (i, f) in fingers {
+            self.fingers[i] = Some(f);
+        }
+        self.phase = Phase::Member;
+        self.schedule_member_timers(now);
+    }
+
     /// The next action to carry out, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.out.pop_front()
@@ -283,8 +305,12 @@ impl Ring {
                 self.start_join(now);
             }
             Command::Lookup { id, target } => {
+                // Start here; our successor list is the fallback of last resort (walking the
+                // ring is slow but reaches the target when every shortcut fails).
                 let candidates = if self.phase == Phase::Member {
-                    vec![self.me.clone()]
+                    std::iter::once(self.me.clone())
+                        .chain(self.succs.iter().cloned())
+                        .collect()
                 } else {
                     Vec::new()
                 };
@@ -337,6 +363,14 @@ impl Ring {
             .collect();
         for k in expired {
             if let Some(p) = self.pending.remove(&k) {
+                if matches!(p.rpc, Rpc::Step { .. }) {
+                    // A finger that does not answer is no use for routing until fixed again.
+                    for f in self.fingers.iter_mut() {
+                        if f.as_ref().is_some_and(|n| n.addr == p.to) {
+                            *f = None;
+                        }
+                    }
+                }
                 self.on_failure(now, p.rpc);
             }
         }
@@ -379,7 +413,8 @@ impl Ring {
             }
         }
         if self.cfg.merge_check_ms > 0 && self.next_merge_check <= now {
-            self.next_merge_check = now + self.cfg.merge_check_ms + self.rng.below(self.cfg.merge_check_ms / 2 + 1);
+            self.next_merge_check =
+                now + self.cfg.merge_check_ms + self.rng.below(self.cfg.merge_check_ms / 2 + 1);
             if self.merge_lookup.is_none() && !self.known.is_empty() {
                 let addr = self.known[self.rng.below(self.known.len() as u64) as usize].clone();
                 let via = vec![NodeRef { id: Id::ZERO, addr }];
@@ -415,7 +450,12 @@ impl Ring {
             id,
             Pending {
                 to: to.clone(),
-                deadline: now + self.cfg.rpc_timeout_ms,
+                deadline: now
+                    + if matches!(rpc, Rpc::Step { .. }) {
+                        self.cfg.hop_timeout_ms
+                    } else {
+                        self.cfg.rpc_timeout_ms
+                    },
                 rpc,
             },
         );
@@ -534,12 +574,16 @@ impl Ring {
             );
             return RingResponse::Found { succs };
         }
-        if let Some(first) = self.succs.first() {
-            if target.in_half_open(&self.me.id, &first.id) {
+        // Within the span of our successor list the answer is known: the entries from the
+        // first one at or after the target (dead ones among them are skipped by verification).
+        let mut prev = &self.me.id;
+        for (k, s) in self.succs.iter().enumerate() {
+            if target.in_half_open(prev, &s.id) {
                 return RingResponse::Found {
-                    succs: self.succs.clone(),
+                    succs: self.succs[k..].to_vec(),
                 };
             }
+            prev = &s.id;
         }
         RingResponse::Closer {
             candidates: self.closest_preceding(target),
@@ -628,7 +672,8 @@ impl Ring {
                 self.adopt_and_rectify(now, list);
             }
             (Rpc::JoinState { succ }, RingResponse::State { succs, .. }) => {
-                let isolated = self.phase == Phase::Member && self.succs.is_empty() && self.pred.is_none();
+                let isolated =
+                    self.phase == Phase::Member && self.succs.is_empty() && self.pred.is_none();
                 if isolated {
                     let list = self.successor_list(succ, succs);
                     self.set_successors(list);
@@ -651,9 +696,16 @@ impl Ring {
                     return;
                 };
                 l.hops += 1;
+                l.answered.insert(from.addr.clone());
+                if let Some((list, next)) = &l.verify {
+                    // Whatever it says, it answered: it is the live successor.
+                    let found = list[next - 1..].to_vec();
+                    self.finish_lookup(now, lookup, Ok(found));
+                    return;
+                }
                 match body {
                     RingResponse::Found { succs } if !succs.is_empty() => {
-                        self.finish_lookup(now, lookup, Ok(succs));
+                        self.on_found(now, lookup, &from.addr, succs);
                     }
                     RingResponse::Closer { candidates } => {
                         l.prepend(candidates);
@@ -680,7 +732,11 @@ impl Ring {
                     Some((addr, n)) if *addr == succ.addr => n + 1,
                     _ => 1,
                 };
-                let limit = if self.succs.len() <= 1 { LAST_SUCCESSOR_SUSPICION_LIMIT } else { SUSPICION_LIMIT };
+                let limit = if self.succs.len() <= 1 {
+                    LAST_SUCCESSOR_SUSPICION_LIMIT
+                } else {
+                    SUSPICION_LIMIT
+                };
                 if count < limit {
                     self.suspect = Some((succ.addr, count));
                     return;
@@ -754,10 +810,28 @@ impl Ring {
                 hops: 0,
                 candidates,
                 asked: HashSet::new(),
+                answered: HashSet::new(),
+                verify: None,
             },
         );
         self.step_lookup(now, key);
         self.lookups.contains_key(&key).then_some(key)
+    }
+
+    /// A node says `succs` is the target's successor list. Its head is the answer if it is
+    /// known to be alive (it is the responder, or answered before); otherwise ask the entries
+    /// in turn, and the first that answers is the live successor.
+    fn on_found(&mut self, now: u64, key: u64, responder: &str, succs: Vec<NodeRef>) {
+        let Some(l) = self.lookups.get_mut(&key) else {
+            return;
+        };
+        let head = &succs[0].addr;
+        if head == responder || l.answered.contains(head) || *head == self.me.addr {
+            self.finish_lookup(now, key, Ok(succs));
+            return;
+        }
+        l.verify = Some((succs, 0));
+        self.step_lookup(now, key);
     }
 
     fn step_lookup(&mut self, now: u64, key: u64) {
@@ -765,6 +839,26 @@ impl Ring {
             let Some(l) = self.lookups.get_mut(&key) else {
                 return;
             };
+            if let Some((list, next)) = &mut l.verify {
+                let Some(c) = list.get(*next).cloned() else {
+                    self.finish_lookup(now, key, Err(LookupError::NoCandidates));
+                    return;
+                };
+                *next += 1;
+                if c.addr == self.me.addr {
+                    let found = list[*next - 1..].to_vec();
+                    self.finish_lookup(now, key, Ok(found));
+                    return;
+                }
+                let target = l.target;
+                self.request(
+                    now,
+                    c.addr,
+                    RingRequest::FindStep { target },
+                    Rpc::Step { lookup: key },
+                );
+                return;
+            }
             if l.hops > self.cfg.max_hops {
                 self.finish_lookup(now, key, Err(LookupError::TooManyHops));
                 return;
@@ -777,7 +871,8 @@ impl Ring {
             if c.addr == self.me.addr {
                 match self.local_step(&target) {
                     RingResponse::Found { succs } => {
-                        self.finish_lookup(now, key, Ok(succs));
+                        let me = self.me.addr.clone();
+                        self.on_found(now, key, &me, succs);
                         return;
                     }
                     RingResponse::Closer { candidates } => {
@@ -838,7 +933,12 @@ impl Ring {
                 let Ok(found) = result else { return };
                 // Through another ring, the successor of our own id may lie between us and
                 // our successor here: adopt it if it answers (as stabilize adopts a candidate).
-                let Some(n) = found.into_iter().find(|n| n.id != self.me.id && n.addr != self.me.addr) else { return };
+                let Some(n) = found
+                    .into_iter()
+                    .find(|n| n.id != self.me.id && n.addr != self.me.addr)
+                else {
+                    return;
+                };
                 let closer = match self.succs.first() {
                     Some(s) => n.id.in_open(&self.me.id, &s.id),
                     None => true,
@@ -846,7 +946,12 @@ impl Ring {
                 if closer && !self.stabilizing {
                     self.stabilizing = true;
                     let fallback = self.succs.clone();
-                    self.request(now, n.addr.clone(), RingRequest::GetState, Rpc::StabilizeCandidate { fallback });
+                    self.request(
+                        now,
+                        n.addr.clone(),
+                        RingRequest::GetState,
+                        Rpc::StabilizeCandidate { fallback },
+                    );
                 }
             }
             Purpose::Finger(i) => {

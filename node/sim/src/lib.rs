@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+mod hops;
 mod net;
 mod scenario;
 
-pub use net::{Sim, SimNet};
+pub use hops::{route_stats, RouteStats};
+pub use net::{node_id, Sim, SimNet};
 pub use scenario::{run_scenario, Outcome, Scenario};

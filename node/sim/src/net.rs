@@ -135,6 +135,29 @@ impl Sim {
         self.command(addr, cmd);
     }
 
+    /// Adds a node with an installed converged state (see [`crate::route_stats`]).
+    pub fn install(
+        &mut self,
+        me: NodeRef,
+        pred: Option<NodeRef>,
+        succs: Vec<NodeRef>,
+        fingers: Vec<(usize, NodeRef)>,
+    ) {
+        let seed = self.rng.next();
+        let addr = me.addr.clone();
+        let mut ring = Ring::new(self.cfg.clone(), me, seed);
+        ring.install_converged(self.now, pred, succs, fingers);
+        self.nodes.insert(
+            addr,
+            SimNode {
+                ring,
+                alive: true,
+                group: 0,
+                incarnation: 0,
+            },
+        );
+    }
+
     /// Gives node `addr` a command now.
     pub fn command(&mut self, addr: &str, cmd: Command) {
         let now = self.now;

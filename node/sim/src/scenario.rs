@@ -140,7 +140,10 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                 let victim = live[rng.below(live.len() as u64) as usize].clone();
                 // A ring whose every member died is gone; joiners cannot bring it back. Keep
                 // at least one member alive (the model's assumption, like fewer than r dead).
-                let members = live.iter().filter(|a| sim.ring(a).is_some_and(|r| r.is_member())).count();
+                let members = live
+                    .iter()
+                    .filter(|a| sim.ring(a).is_some_and(|r| r.is_member()))
+                    .count();
                 let victim_is_member = sim.ring(&victim).is_some_and(|r| r.is_member());
                 if !victim_is_member || members >= 2 {
                     sim.crash(&victim);
@@ -200,8 +203,11 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         sim.run_until(t);
         // A node whose bootstrap nodes all died cannot join through them; like an operator
         // with a fresh bootstrap list, hand it the current members after 5 s.
-        let members: Vec<String> =
-            sim.live().into_iter().filter(|a| sim.ring(a).is_some_and(|r| r.is_member())).collect();
+        let members: Vec<String> = sim
+            .live()
+            .into_iter()
+            .filter(|a| sim.ring(a).is_some_and(|r| r.is_member()))
+            .collect();
         for a in sim.live() {
             if sim.ring(&a).is_some_and(|r| r.is_member()) {
                 waiting.remove(&a);
@@ -211,7 +217,12 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
             *w += 1;
             if *w >= 5 && !members.is_empty() {
                 *w = 0;
-                sim.command(&a, Command::Join { via: members.clone() });
+                sim.command(
+                    &a,
+                    Command::Join {
+                        via: members.clone(),
+                    },
+                );
             }
         }
         violations = check_invariants(&sim, r);
@@ -276,7 +287,10 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                 r.me().id.short(),
                 r.is_member(),
                 r.predecessor().map(|p| p.addr.clone()),
-                r.successors().iter().map(|s| s.addr.clone()).collect::<Vec<_>>()
+                r.successors()
+                    .iter()
+                    .map(|s| s.addr.clone())
+                    .collect::<Vec<_>>()
             );
             (r.me().id, line)
         })

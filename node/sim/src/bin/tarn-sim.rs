@@ -23,6 +23,26 @@ fn main() {
             })
             .unwrap_or(default)
     };
+    if let Some(n) = arg(&args, "--route") {
+        let n: usize = n.parse().expect("--route takes a node count");
+        let lookups = num("--lookups", 2000) as usize;
+        for fail in [0.0, 0.1, 0.5] {
+            let s = tarn_sim::route_stats(num("--seed", 1), n, fail, lookups);
+            println!(
+                "N={} failed={:.0}% lookups={} correct={:.2}% mean_hops={:.2} p99_hops={} (target mean <= {:.2}) wrong={} errors={:?}",
+                s.nodes,
+                fail * 100.0,
+                s.lookups,
+                100.0 * s.correct as f64 / s.lookups as f64,
+                s.mean_hops,
+                s.p99_hops,
+                0.5 * (n as f64).log2() + 1.0,
+                s.wrong,
+                s.errors
+            );
+        }
+        return;
+    }
     let churn = num("--churn", 20) as usize;
     let (min_n, max_n) = (num("--min-nodes", 2), num("--max-nodes", 64));
     let seeds: Vec<u64> = match (arg(&args, "--seed"), arg(&args, "--seeds")) {
