@@ -66,6 +66,12 @@ pub enum Command {
         /// Addresses of members (at least one).
         via: Vec<String>,
     },
+    /// Remember these nodes' addresses (from a bootstrap list or NODE_LIST): the ring-merge
+    /// check looks for the ring through them, so a node left alone finds its way back.
+    Learn {
+        /// Addresses of possible members.
+        addrs: Vec<String>,
+    },
     /// Find the node responsible for `target` (and its successors).
     Lookup {
         /// Caller's id for the lookup, echoed in [`Event::LookupDone`].
@@ -303,6 +309,11 @@ impl Ring {
                 }
                 self.phase = Phase::Joining { via, attempt: 0 };
                 self.start_join(now);
+            }
+            Command::Learn { addrs } => {
+                for a in &addrs {
+                    self.remember(a);
+                }
             }
             Command::Lookup { id, target } => {
                 // Start here; our successor list is the fallback of last resort (walking the

@@ -209,7 +209,10 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
             .filter(|a| sim.ring(a).is_some_and(|r| r.is_member()))
             .collect();
         for a in sim.live() {
-            if sim.ring(&a).is_some_and(|r| r.is_member()) {
+            let (member, alone) = sim.ring(&a).map_or((false, false), |r| {
+                (r.is_member(), r.successors().is_empty())
+            });
+            if member && !(alone && members.len() > 1) {
                 waiting.remove(&a);
                 continue;
             }
@@ -217,12 +220,14 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
             *w += 1;
             if *w >= 5 && !members.is_empty() {
                 *w = 0;
-                sim.command(
-                    &a,
-                    Command::Join {
-                        via: members.clone(),
-                    },
-                );
+                let others: Vec<String> = members.iter().filter(|m| **m != a).cloned().collect();
+                if member {
+                    // A member left alone while the ring lives on: a fresh bootstrap list lets
+                    // its merge check find the ring.
+                    sim.command(&a, Command::Learn { addrs: others });
+                } else {
+                    sim.command(&a, Command::Join { via: others });
+                }
             }
         }
         violations = check_invariants(&sim, r);

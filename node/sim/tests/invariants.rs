@@ -154,3 +154,11 @@ fn routing_at_1k_nodes_meets_the_chord_bound_and_survives_10_percent_failures() 
     assert_eq!(hurt.wrong, 0, "never a wrong answer: {hurt:?}");
     assert!(hurt.correct as f64 >= 0.99 * 1000.0, "{hurt:?}");
 }
+
+/// Seed 3913 once ended with a member alone (a ring of one) beside the live ring: it knew only
+/// crashed nodes. A refreshed bootstrap list (`Command::Learn`) lets its merge check find the
+/// ring again.
+#[test]
+fn regression_seed_3913_lone_member_finds_the_ring_again() {
+    assert_ok(&Scenario::new(3913, 9, 20));
+}
