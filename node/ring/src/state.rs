@@ -603,16 +603,19 @@ impl Ring {
 
     /// Known nodes strictly between us and `target`, closest to `target` first.
     fn closest_preceding(&self, target: &Id) -> Vec<NodeRef> {
-        let mut seen: HashSet<Id> = HashSet::new();
-        let mut c: Vec<&NodeRef> = self
-            .fingers
-            .iter()
-            .flatten()
-            .chain(self.succs.iter())
-            .filter(|n| n.id.in_open(&self.me.id, target) && seen.insert(n.id))
-            .collect();
-        c.sort_by_key(|n| n.id.distance_to(target));
-        c.into_iter().take(self.cfg.fanout).cloned().collect()
+        // At most 256 fingers (a few dozen distinct) and r successors: a small vector beats a
+        // hash set, and each distance is computed once.
+        let mut c: Vec<(Id, &NodeRef)> = Vec::with_capacity(32);
+        for n in self.fingers.iter().flatten().chain(self.succs.iter()) {
+            if n.id.in_open(&self.me.id, target) && !c.iter().any(|(_, m)| m.id == n.id) {
+                c.push((n.id.distance_to(target), n));
+            }
+        }
+        c.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        c.into_iter()
+            .take(self.cfg.fanout)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     fn stabilize(&mut self, now: u64) {
