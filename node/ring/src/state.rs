@@ -611,7 +611,7 @@ impl Ring {
                 c.push((n.id.distance_to(target), n));
             }
         }
-        c.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        c.sort_unstable_by_key(|e| e.0);
         c.into_iter()
             .take(self.cfg.fanout)
             .map(|(_, n)| n.clone())
