@@ -208,12 +208,22 @@ impl Node {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node first");
         let mut args = self.args.clone();
-        if let Some(i) = args.iter().position(|a| a == "--listen") {
-            args[i + 1] = self.addr.clone();
+        let listen = args.iter().position(|a| a == "--listen").map(|i| i + 1);
+        if let Some(i) = listen {
+            args[i] = self.addr.clone();
         }
-        match Node::spawn(self.data_dir.clone(), args) {
-            Started::Ready(n) => {
-                let mut n = n;
+        let mut started = Node::spawn(self.data_dir.clone(), args.clone());
+        if let (Started::Failed { stderr, .. }, Some(i)) = (&started, listen) {
+            // Between the old process's death and this start, the kernel may have handed the
+            // port to another test's outgoing connection as its ephemeral port. The data
+            // directory is what must survive; a fresh port is fine.
+            if stderr.contains("cannot listen") {
+                args[i] = "127.0.0.1:0".into();
+                started = Node::spawn(self.data_dir.clone(), args);
+            }
+        }
+        match started {
+            Started::Ready(mut n) => {
                 self.child = n.child.take();
                 self.addr = n.addr.clone();
                 self.metrics = n.metrics.clone();
