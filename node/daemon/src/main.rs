@@ -98,6 +98,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         started,
         cores: plan.len(),
         shutdown: AtomicBool::new(false),
+        heartbeats: (0..plan.len())
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
         cfg: cfg.clone(),
     });
 
@@ -170,7 +173,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu_id))
             .name(&format!("tarn-core-{i}"))
             .io_memory(2 << 20)
-            .spawn(move || server::run_core(s, listener))
+            .spawn(move || server::run_core(s, listener, i))
             .map_err(|e| anyhow::anyhow!("starting executor {i} on CPU {cpu_id}: {e}"))?;
         cores.push(handle);
     }
@@ -195,9 +198,21 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let _ = std::io::stdout().flush();
 
+    // systemd: READY once serving; watchdog pings (at half the interval) only while every core
+    // beats, so a stalled executor gets the unit restarted. Without NOTIFY_SOCKET these do nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut last_ping = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if let Some(interval) = watchdog {
+            if last_ping.elapsed() >= interval / 2 && shared.cores_alive(interval / 2) {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                last_ping = Instant::now();
+            }
+        }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     shared.shutdown.store(true, Ordering::Relaxed);
     for (i, c) in cores.into_iter().enumerate() {

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub storage_seconds: HistogramVec,
     /// Inserts per group commit.
     pub batch_size: Histogram,
+    /// How late each core's 100 ms heartbeat ran, by `core`: time the executor was blocked.
+    pub executor_stall_seconds: HistogramVec,
     /// Open client connections.
     pub connections_open: IntGauge,
     /// Connections accepted.
@@ -115,6 +117,18 @@ impl Metrics {
                         .buckets(vec![
                             1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
                         ]),
+                )
+                .expect("valid"),
+            ),
+            executor_stall_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "tarn_executor_stall_seconds",
+                        "Lateness of each core's heartbeat (executor blocked)",
+                    )
+                    .buckets(vec![1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]),
+                    &["core"],
                 )
                 .expect("valid"),
             ),

@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,22 @@ pub struct Shared {
     pub cores: usize,
     /// Set once to stop: cores stop accepting, finish in-flight requests and return.
     pub shutdown: AtomicBool,
+    /// Per core: milliseconds since `started` at its last heartbeat. A core whose heartbeat is
+    /// old is stalled; the systemd watchdog is only fed while every core beats.
+    pub heartbeats: Vec<AtomicU64>,
+}
+
+/// Interval of each core's heartbeat task.
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+
+impl Shared {
+    /// Whether every core has beaten within `within`.
+    pub fn cores_alive(&self, within: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.heartbeats
+            .iter()
+            .all(|h| now.saturating_sub(h.load(Ordering::Relaxed)) <= within.as_millis() as u64)
+    }
 }
 
 impl Shared {
@@ -219,7 +235,27 @@ pub fn bind_listeners(
 }
 
 /// Runs one core until shutdown: accept, serve, drain.
-pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
+/// Beats every [`HEARTBEAT`]; how late each beat comes is the executor's stall.
+async fn heartbeat(shared: Arc<Shared>, index: usize) {
+    let stall = shared
+        .metrics
+        .executor_stall_seconds
+        .with_label_values(&[&index.to_string()]);
+    let mut expected = Instant::now() + HEARTBEAT;
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(HEARTBEAT).await;
+        let now = Instant::now();
+        stall.observe(now.saturating_duration_since(expected).as_secs_f64());
+        expected = now + HEARTBEAT;
+        shared.heartbeats[index].store(
+            shared.started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Runs core `index` until shutdown: accept, serve, drain.
+pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, index: usize) {
     use std::os::fd::IntoRawFd;
     let listen_fd = listener.as_raw_fd();
     // SAFETY: the fd comes from a bound, listening socket we own and hand over here.
@@ -250,6 +286,7 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener) {
         last_stamp: Cell::new(0),
     });
     let flusher_task = glommio::spawn_local(flusher(core.clone(), wake_rx));
+    glommio::spawn_local(heartbeat(core.shared.clone(), index)).detach();
     let watcher = glommio::spawn_local({
         let core = core.clone();
         async move {
