@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages tarn's build and tests need, when missing (Debian 12, as root).
+# Installs the system packages tarn's build and tests need, when missing (Debian 12, as root):
+# clang + libclang-dev (RocksDB bindings), chrony (time tests), prometheus (promtool, live
+# scrape test), systemd (systemd-analyze for the unit files).
 # Safe to run again: it installs nothing that is already there.
 set -euo pipefail
 
@@ -7,6 +9,8 @@ need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 [ -x /usr/sbin/chronyd ] || need+=(chrony)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

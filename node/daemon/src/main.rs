@@ -136,16 +136,10 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             let server = Arc::new(server);
-            let (s, m, st, c, e) = (
-                server.clone(),
-                metrics.clone(),
-                store.clone(),
-                clock.clone(),
-                cfg.epoch_secs,
-            );
+            let (s, sh) = (server.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("tarn-metrics".into())
-                .spawn(move || tarn_node::metrics::serve_shared(&s, m, st, c, e))?;
+                .spawn(move || tarn_node::metrics::serve_shared(&s, sh))?;
             Some((server, bound))
         }
         None => None,

@@ -59,8 +59,29 @@ pub struct Metrics {
     pub ntp_synced: IntGauge,
     /// The current epoch.
     pub epoch: IntGauge,
+    /// The network's epoch length.
+    pub epoch_length_seconds: IntGauge,
     /// Process start, Unix seconds.
     pub start_time_seconds: Gauge,
+    /// Free bytes on the data directory's filesystem (for the disk-filling alert).
+    pub data_dir_free_bytes: IntGauge,
+    /// Size of the data directory's filesystem.
+    pub data_dir_capacity_bytes: IntGauge,
+}
+
+/// `(free, capacity)` of the filesystem holding `path`, for unprivileged writers.
+fn fs_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into a zeroed struct we own; `c` is a valid C string.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        let frsize = st.f_frsize as u64;
+        Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -246,6 +267,27 @@ impl Metrics {
                 &r,
                 IntGauge::new("tarn_epoch", "The node's current epoch").expect("valid"),
             ),
+            epoch_length_seconds: reg(
+                &r,
+                IntGauge::new("tarn_epoch_length_seconds", "The network's epoch length")
+                    .expect("valid"),
+            ),
+            data_dir_free_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "tarn_data_dir_free_bytes",
+                    "Free bytes on the data directory's filesystem",
+                )
+                .expect("valid"),
+            ),
+            data_dir_capacity_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "tarn_data_dir_capacity_bytes",
+                    "Size of the data directory's filesystem",
+                )
+                .expect("valid"),
+            ),
             start_time_seconds: reg(
                 &r,
                 Gauge::new(
@@ -256,6 +298,45 @@ impl Metrics {
             ),
             registry: r,
         };
+        // Every known label combination exists from the start, so dashboards and alerts see a
+        // zero rather than no series at all.
+        for reason in [
+            "unsupported_version",
+            "frame_too_large",
+            "unknown_kind",
+            "invalid_body",
+            "hello_required",
+            "network_mismatch",
+            "epoch_len_mismatch",
+            "overloaded",
+            "timeout",
+        ] {
+            m.rejected.with_label_values(&[reason]);
+        }
+        for (ty, outcomes) in [
+            (
+                "insert",
+                &[
+                    "ok",
+                    "too_large",
+                    "over_quota",
+                    "epoch_out_of_window",
+                    "internal",
+                ][..],
+            ),
+            ("retrieve", &["found", "not_found", "internal"][..]),
+            ("time_sync", &["ok"][..]),
+            ("node_list", &["ok"][..]),
+            ("status", &["ok"][..]),
+            ("hello", &["ok"][..]),
+        ] {
+            for o in outcomes {
+                m.requests.with_label_values(&[ty, o]);
+            }
+        }
+        for op in ["put_batch", "get", "wal_sync"] {
+            m.storage_seconds.with_label_values(&[op]);
+        }
         let info = IntGaugeVec::new(
             Opts::new("tarn_build_info", "Build information"),
             &["version"],
@@ -267,9 +348,20 @@ impl Metrics {
     }
 
     /// Updates the gauges that are read from the store and clock, then renders the text format.
-    pub fn render(&self, store: &dyn Store, clock: &Clock, epoch_secs: u64) -> String {
+    pub fn render(
+        &self,
+        store: &dyn Store,
+        clock: &Clock,
+        epoch_secs: u64,
+        data_dir: &std::path::Path,
+    ) -> String {
+        if let Some((free, cap)) = fs_space(data_dir) {
+            self.data_dir_free_bytes.set(free as i64);
+            self.data_dir_capacity_bytes.set(cap as i64);
+        }
         let now = clock.now();
         let now_epoch = Epoch::at_unix_ns(now.unix_ns, epoch_secs);
+        self.epoch_length_seconds.set(epoch_secs as i64);
         self.epoch.set(now_epoch.0 as i64);
         self.time_offset_seconds.set(clock.offset_ns() as f64 / 1e9);
         self.time_uncertainty_seconds
@@ -295,16 +387,15 @@ impl Metrics {
 }
 
 /// Serves `/metrics` until the server is unblocked (one thread; scrapes are rare).
-pub fn serve_shared(
-    server: &tiny_http::Server,
-    metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
-    clock: Arc<Clock>,
-    epoch_secs: u64,
-) {
+pub fn serve_shared(server: &tiny_http::Server, shared: Arc<crate::server::Shared>) {
     for req in server.incoming_requests() {
         let resp = if req.url() == "/metrics" {
-            let body = metrics.render(store.as_ref(), &clock, epoch_secs);
+            let body = shared.metrics.render(
+                shared.store.as_ref(),
+                &shared.clock,
+                shared.cfg.epoch_secs,
+                &shared.cfg.data_dir,
+            );
             tiny_http::Response::from_string(body).with_header(
                 "Content-Type: text/plain; version=0.0.4"
                     .parse::<tiny_http::Header>()
