@@ -15,6 +15,9 @@ echo "== format" >&2
 cargo fmt --all -- --check
 echo "== build (release)" >&2
 cargo build --release --workspace --all-targets --locked
+echo "== package (cargo deb)" >&2
+command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --version 3.8.0
+cargo deb -p tarn-node --no-build --output "$CARGO_TARGET_DIR/debian/tarn.deb"
 echo "== lint" >&2
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== docs" >&2
