@@ -30,6 +30,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Validate a tarnd configuration file exactly as tarnd does at start-up; lists every
+    /// problem by key. Exit 0 valid, 1 invalid.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Create a node key (ed25519, mode 0600) in a data directory and print the node's ring id
+    /// and public key. Refuses to overwrite an existing key.
+    Keygen {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
     /// Store a value (hex) under an epoch and key.
     Put {
         /// Node address HOST:PORT.
@@ -81,6 +92,15 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Check FILE.
+    Check {
+        /// The TOML file.
+        file: std::path::PathBuf,
+    },
+}
+
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     hex::decode(s).map_err(|e| format!("value is not hex: {e}"))
 }
@@ -108,6 +128,50 @@ async fn connect(cli: &Cli, node: &str) -> anyhow::Result<NodeClient> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.cmd {
+        Cmd::Config(ConfigCmd::Check { file }) => {
+            let cli_like = tarn_node::config::Cli { config: Some(file.clone()), ..Default::default() };
+            match tarn_node::config::Config::load(&cli_like) {
+                Ok(_) => {
+                    if cli.json {
+                        println!("{}", json!({"valid": true, "problems": []}));
+                    } else {
+                        println!("{}: valid", file.display());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if cli.json {
+                        let problems: Vec<_> =
+                            e.0.iter().map(|p| json!({"key": p.key, "problem": p.message})).collect();
+                        println!("{}", json!({"valid": false, "problems": problems}));
+                    } else {
+                        for p in &e.0 {
+                            println!("{}: {p}", file.display());
+                        }
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Keygen { data_dir } => {
+            let path = data_dir.join(tarn_node::identity::KEY_FILE);
+            if path.exists() {
+                anyhow::bail!("{} exists; refusing to replace a node's identity", path.display());
+            }
+            std::fs::create_dir_all(data_dir)?;
+            let id = tarn_node::identity::Identity::load_or_create(data_dir)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"key_file": path.display().to_string(), "node_id": id.id.to_hex(), "public_key": hex::encode(id.public_key)})
+                );
+            } else {
+                println!("key file    {}", path.display());
+                println!("node id     {}", id.id.to_hex());
+                println!("public key  {}", hex::encode(id.public_key));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Put {
             node,
             epoch,
