@@ -129,7 +129,10 @@ async fn connect(cli: &Cli, node: &str) -> anyhow::Result<NodeClient> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.cmd {
         Cmd::Config(ConfigCmd::Check { file }) => {
-            let cli_like = tarn_node::config::Cli { config: Some(file.clone()), ..Default::default() };
+            let cli_like = tarn_node::config::Cli {
+                config: Some(file.clone()),
+                ..Default::default()
+            };
             match tarn_node::config::Config::load(&cli_like) {
                 Ok(_) => {
                     if cli.json {
@@ -142,7 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     if cli.json {
                         let problems: Vec<_> =
-                            e.0.iter().map(|p| json!({"key": p.key, "problem": p.message})).collect();
+                            e.0.iter()
+                                .map(|p| json!({"key": p.key, "problem": p.message}))
+                                .collect();
                         println!("{}", json!({"valid": false, "problems": problems}));
                     } else {
                         for p in &e.0 {
@@ -156,7 +161,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Keygen { data_dir } => {
             let path = data_dir.join(tarn_node::identity::KEY_FILE);
             if path.exists() {
-                anyhow::bail!("{} exists; refusing to replace a node's identity", path.display());
+                anyhow::bail!(
+                    "{} exists; refusing to replace a node's identity",
+                    path.display()
+                );
             }
             std::fs::create_dir_all(data_dir)?;
             let id = tarn_node::identity::Identity::load_or_create(data_dir)?;

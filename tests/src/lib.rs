@@ -100,7 +100,7 @@ impl Node {
         let mut child = Command::new(bin("tarnd"))
             .args(&args)
             .env_remove("TARN_CONFIG")
-            .env("TARN_LOG", "info")
+            .env_remove("TARN_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

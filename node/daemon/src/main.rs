@@ -26,12 +26,19 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, log_handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(&cfg.log));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
-    if let Err(e) = run(cfg) {
+    if let Err(e) = run(cfg, &cli, log_handle) {
         tracing::error!("{e:#}");
         eprintln!("tarnd: {e:#}");
         std::process::exit(1);
@@ -49,7 +56,55 @@ fn raise_fd_limit() {
     }
 }
 
-fn run(cfg: Config) -> anyhow::Result<()> {
+/// Handle to swap the log filter on SIGHUP.
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// SIGHUP: re-read and validate the configuration. The log filter changes at once; every other
+/// changed key needs a restart and is named in a warning. An invalid file changes nothing.
+fn reload(cli: &Cli, running: &Config, log: &LogHandle) {
+    let new = match Config::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded: {e}");
+            return;
+        }
+    };
+    if new.log != running.log {
+        match log.reload(tracing_subscriber::EnvFilter::new(&new.log)) {
+            Ok(()) => tracing::info!(log = %new.log, "SIGHUP: log filter reloaded"),
+            Err(e) => tracing::error!("SIGHUP: log filter not reloaded: {e}"),
+        }
+    }
+    let fixed = Config {
+        log: running.log.clone(),
+        ..new.clone()
+    };
+    if fixed != *running {
+        let names = changed_keys(running, &new);
+        tracing::warn!(keys = %names.join(","), "SIGHUP: these settings changed and take effect at the next restart");
+    } else {
+        tracing::info!("SIGHUP: configuration reloaded");
+    }
+}
+
+fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! cmp {
+        ($($field:ident => $key:literal),* $(,)?) => { $( if a.$field != b.$field { v.push($key); } )* };
+    }
+    cmp!(listen => "listen", advertise => "advertise", data_dir => "data_dir", metrics_listen => "metrics_listen",
+         network => "network", epoch_secs => "epoch_secs", grace_epochs => "grace_epochs", cores => "cores",
+         cpus => "cpus", join => "join", max_value_bytes => "max_value_bytes",
+         max_values_per_key => "max_values_per_key", max_total_bytes => "max_total_bytes",
+         max_frame_bytes => "max_frame_bytes", max_connections => "max_connections",
+         frame_timeout => "frame_timeout_ms", idle_timeout => "idle_timeout_secs", wal => "wal",
+         wal_sync_interval => "wal_sync_interval_ms", ntp_servers => "ntp_servers", ntp_poll => "ntp_poll_secs",
+         block_cache_bytes => "block_cache_bytes", write_buffer_bytes => "write_buffer_bytes");
+    v
+}
+
+fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
     let started = Instant::now();
     raise_fd_limit();
     std::fs::create_dir_all(&cfg.data_dir)
@@ -107,6 +162,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
     // GC once before serving: expired partitions from before a restart go now.
     let now = tarn_proto::Epoch::at_unix_ns(clock.now().unix_ns, cfg.epoch_secs);
@@ -199,6 +256,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let mut last_ping = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(cli, &cfg, &log);
+        }
         if let Some(interval) = watchdog {
             if last_ping.elapsed() >= interval / 2 && shared.cores_alive(interval / 2) {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
