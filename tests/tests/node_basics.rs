@@ -53,6 +53,11 @@ async fn insert_then_retrieve_round_trip() {
         "{text}"
     );
     assert!(text.contains("tarn_storage_duration_seconds_bucket"));
+    assert!(
+        metric(&text, "tarn_rocksdb_memtable_bytes").unwrap() > 0.0,
+        "RocksDB figures exported"
+    );
+    assert!(metric(&text, "tarn_data_dir_capacity_bytes").unwrap() > 0.0);
     // Metrics never carry keys or values.
     assert!(!text.contains(&key(1).to_hex()) && !text.contains("zq-private"));
     assert!(!text.contains(&key(1).to_hex()[..16]));

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub data_dir_free_bytes: IntGauge,
     /// Size of the data directory's filesystem.
     pub data_dir_capacity_bytes: IntGauge,
+    /// Storage-engine figures, one gauge per [`tarn_store::EngineStat`].
+    pub engine: Vec<(tarn_store::EngineStat, IntGauge)>,
 }
 
 /// `(free, capacity)` of the filesystem holding `path`, for unprivileged writers.
@@ -296,6 +298,51 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            engine: {
+                use tarn_store::EngineStat as S;
+                [
+                    (
+                        S::MemtableBytes,
+                        "tarn_rocksdb_memtable_bytes",
+                        "Bytes in RocksDB memtables",
+                    ),
+                    (
+                        S::SstBytes,
+                        "tarn_rocksdb_sst_bytes",
+                        "Bytes in RocksDB SST files",
+                    ),
+                    (
+                        S::WalBytes,
+                        "tarn_rocksdb_wal_bytes",
+                        "Bytes of RocksDB write-ahead log on disk",
+                    ),
+                    (
+                        S::PendingCompactionBytes,
+                        "tarn_rocksdb_pending_compaction_bytes",
+                        "Bytes RocksDB compaction still has to rewrite",
+                    ),
+                    (
+                        S::RunningCompactions,
+                        "tarn_rocksdb_running_compactions",
+                        "RocksDB compactions running",
+                    ),
+                    (
+                        S::WriteStopped,
+                        "tarn_rocksdb_write_stopped",
+                        "1 while RocksDB stops writes (stall)",
+                    ),
+                    (
+                        S::DelayedWriteRate,
+                        "tarn_rocksdb_delayed_write_rate_bytes",
+                        "RocksDB delayed-write rate, bytes/s (0: not delaying)",
+                    ),
+                ]
+                .into_iter()
+                .map(|(stat, name, help)| {
+                    (stat, reg(&r, IntGauge::new(name, help).expect("valid")))
+                })
+                .collect()
+            },
             registry: r,
         };
         // Every known label combination exists from the start, so dashboards and alerts see a
@@ -369,6 +416,12 @@ impl Metrics {
         self.ntp_synced.set(now.synced as i64);
         self.ntp_servers_reachable
             .set(clock.reachable_servers() as i64);
+        let engine = store.engine_stats();
+        for (stat, gauge) in &self.engine {
+            if let Some((_, v)) = engine.iter().find(|(s, _)| s == stat) {
+                gauge.set(*v as i64);
+            }
+        }
         self.records.reset();
         self.bytes.reset();
         for e in store.stats().epochs {

@@ -11,5 +11,7 @@ pub use error::{ErrorKind, StoreError};
 pub use memory::MemoryStore;
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksOptions, RocksStore, WalPolicy};
-pub use store::{DropReport, EpochStats, Limits, PutItem, ScanVisitor, Store, StoreStats};
+pub use store::{
+    DropReport, EngineStat, EpochStats, Limits, PutItem, ScanVisitor, Store, StoreStats,
+};
 pub use valueset::StampedValue;

@@ -26,7 +26,7 @@ use rocksdb::{
 use tarn_proto::{Epoch, Id, Key};
 
 use crate::store::{
-    ring_ranges, DropReport, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
+    ring_ranges, DropReport, EngineStat, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
 };
 use crate::{valueset, EpochStats, StampedValue, StoreError};
 
@@ -407,5 +407,45 @@ impl Store for RocksStore {
         self.db
             .flush_wal(true)
             .map_err(|e| StoreError::engine("sync", e))
+    }
+
+    fn engine_stats(&self) -> Vec<(EngineStat, u64)> {
+        let db_prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let wal_bytes: u64 = std::fs::read_dir(&self.path)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        vec![
+            (
+                EngineStat::MemtableBytes,
+                self.property_sum("rocksdb.cur-size-all-mem-tables"),
+            ),
+            (
+                EngineStat::SstBytes,
+                self.property_sum("rocksdb.total-sst-files-size"),
+            ),
+            (EngineStat::WalBytes, wal_bytes),
+            (
+                EngineStat::PendingCompactionBytes,
+                self.property_sum("rocksdb.estimate-pending-compaction-bytes"),
+            ),
+            (
+                EngineStat::RunningCompactions,
+                db_prop("rocksdb.num-running-compactions"),
+            ),
+            (
+                EngineStat::WriteStopped,
+                db_prop("rocksdb.is-write-stopped"),
+            ),
+            (
+                EngineStat::DelayedWriteRate,
+                db_prop("rocksdb.actual-delayed-write-rate"),
+            ),
+        ]
     }
 }

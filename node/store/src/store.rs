@@ -125,6 +125,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes every write so far durable on disk (fsync of the log). The periodic WAL policy
     /// calls this from a thread of its own.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// Storage-engine figures for metrics, as `(name, value)`; names are stable
+    /// (see [`EngineStat`]). Backends without an engine report nothing.
+    fn engine_stats(&self) -> Vec<(EngineStat, u64)> {
+        Vec::new()
+    }
+}
+
+/// Storage-engine figures a backend may report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineStat {
+    /// Bytes in memtables (all partitions).
+    MemtableBytes,
+    /// Bytes in SST files (all partitions).
+    SstBytes,
+    /// Bytes of write-ahead log on disk.
+    WalBytes,
+    /// Estimated bytes compaction still has to rewrite.
+    PendingCompactionBytes,
+    /// Compactions running now.
+    RunningCompactions,
+    /// 1 while RocksDB stops writes (stall), else 0.
+    WriteStopped,
+    /// Current delayed-write rate in bytes/s (0 when not delaying).
+    DelayedWriteRate,
 }
 
 /// Accounting and admission shared by both backends: the floor below which epochs are expired,
