@@ -9,7 +9,7 @@
 # Profile syntax: CONNSxPIPELINE:INSERT_PCT. Durability: redis with appendonly yes +
 # appendfsync everysec; tarnd with its default WAL policy (written per acknowledged insert,
 # synced every second). NOPERSIST=1 runs the upper-bound pair instead (redis without AOF,
-# tarnd with wal=disabled).
+# tarnd with wal=disabled). TARND=PATH runs another tarnd build (e.g. an A/B of a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +46,7 @@ fi
 taskset -c "$SERVER_CPU" redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" "${redis_persist[@]}" \
   --daemonize no --logfile "$work/redis.log" &
 rpid=$!; pids+=("$rpid")
-taskset -c "$SERVER_CPU" "$B/tarnd" --data-dir "$work/tarn" --listen "127.0.0.1:$tport" --metrics-listen off \
+taskset -c "$SERVER_CPU" "${TARND:-$B/tarnd}" --data-dir "$work/tarn" --listen "127.0.0.1:$tport" --metrics-listen off \
   --cores 1 --wal "$tarn_wal" --log warn > "$work/tarnd.out" 2> "$work/tarnd.err" &
 tpid=$!; pids+=("$tpid")
 for _ in $(seq 1 100); do grep -q "tarnd ready" "$work/tarnd.out" 2>/dev/null && break; sleep 0.1; done
