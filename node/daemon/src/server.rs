@@ -4,8 +4,9 @@
 //! Per connection: read into a buffer, frame with the shared sans-IO codec, answer every
 //! complete frame, write replies. Inserts that arrive in one turn of a connection are handed to
 //! the core's group-commit queue; a flusher task writes everything queued in one store batch
-//! on glommio's blocking pool (the storage boundary, timed as `tarn_storage_duration_seconds`),
-//! so fsync never runs on the executor. Replies carry request ids and may be reordered, but a
+//! (the storage boundary, timed as `tarn_storage_duration_seconds`). A batch that must wait for
+//! fsync (`every-write`) runs on glommio's blocking pool, so fsync never runs on the executor; a
+//! batch that only appends to the WAL runs inline, which is cheaper than the thread handoff. Replies carry request ids and may be reordered, but a
 //! read that follows an insert on the same connection waits for that insert to commit.
 
 use std::cell::{Cell, RefCell};
@@ -116,7 +117,7 @@ struct Core {
     queue: RefCell<Vec<Job>>,
     /// Wakes the flusher after a push.
     wake: LocalSender<()>,
-    /// True while the flusher has a batch on the blocking pool.
+    /// True while the flusher is writing a batch.
     in_flight: Cell<bool>,
     /// Open connections' fds, so shutdown can unblock their reads. An entry is removed before
     /// its stream is dropped, so a listed fd is always open.
