@@ -53,6 +53,11 @@ struct Args {
     /// Stop after this many requests (0: no limit).
     #[arg(long, default_value_t = 0)]
     count: u64,
+    /// Open loop: send this many requests per second in total, on schedule, whether or not
+    /// replies have come (up to --pipeline in flight per connection); latency is measured from
+    /// the intended send time, so queueing is not hidden (no coordinated omission).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Network name (tarn targets).
     #[arg(long, default_value = "tarn-dev")]
     network: String,
@@ -329,18 +334,19 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads more bytes. Cancel-safe (the open loop races it against its send timer): nothing
+    /// is appended unless the read completed.
     async fn fill(&mut self) -> anyhow::Result<()> {
         if self.start > 0 {
             self.inbuf.drain(..self.start);
             self.start = 0;
         }
-        let old = self.inbuf.len();
-        self.inbuf.resize(old + 64 * 1024, 0);
-        let n = self.stream.read(&mut self.inbuf[old..]).await?;
-        self.inbuf.truncate(old + n);
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await?;
         if n == 0 {
             bail!("server closed the connection");
         }
+        self.inbuf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 
@@ -356,21 +362,41 @@ impl Conn {
         }
     }
 
-    /// Receives one reply; returns whether it was a success.
-    async fn recv(&mut self, s: &Shared) -> anyhow::Result<bool> {
+    /// Receives one reply; returns whether it was a success and, for tarn, its request id.
+    async fn recv(&mut self, s: &Shared) -> anyhow::Result<(bool, Option<u64>)> {
         match s.proto {
-            Proto::Tarn => Ok(matches!(
-                self.next_tarn(s).await?,
-                Message::InsertReply(InsertReply::Stored { .. })
-                    | Message::RetrieveReply(RetrieveReply::Found(_) | RetrieveReply::NotFound)
-            )),
+            Proto::Tarn => {
+                let (id, m) = self.next_tarn_with_id().await?;
+                Ok((
+                    matches!(
+                        m,
+                        Message::InsertReply(InsertReply::Stored { .. })
+                            | Message::RetrieveReply(
+                                RetrieveReply::Found(_) | RetrieveReply::NotFound
+                            )
+                    ),
+                    Some(id),
+                ))
+            }
             Proto::Redis => loop {
                 if let Some((ok, len)) = parse_resp(&self.inbuf[self.start..]) {
                     self.start += len;
-                    return Ok(ok);
+                    return Ok((ok, None));
                 }
                 self.fill().await?;
             },
+        }
+    }
+
+    async fn next_tarn_with_id(&mut self) -> anyhow::Result<(u64, Message)> {
+        loop {
+            if let Parsed::Frame(f) = frame::parse_frame(&self.inbuf[self.start..], 1 << 20)? {
+                let (id, len) = (f.header.request_id, f.wire_len());
+                let m = self.decoder.decode(&f)?;
+                self.start += len;
+                return Ok((id, m));
+            }
+            self.fill().await?;
         }
     }
 }
@@ -393,17 +419,65 @@ fn parse_resp(b: &[u8]) -> Option<(bool, usize)> {
     }
 }
 
+/// Requests in flight and when each was sent (or, open loop, meant to be sent). Tarn replies
+/// carry request ids, so each latency is exact; Redis answers in order.
+#[derive(Default)]
+struct InFlight {
+    by_id: std::collections::HashMap<u64, Instant>,
+    fifo: std::collections::VecDeque<Instant>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.by_id.len() + self.fifo.len()
+    }
+    fn push(&mut self, proto: Proto, id: u64, at: Instant) {
+        match proto {
+            Proto::Tarn => {
+                self.by_id.insert(id, at);
+            }
+            Proto::Redis => self.fifo.push_back(at),
+        }
+    }
+    fn take(&mut self, id: Option<u64>) -> Option<Instant> {
+        match id {
+            Some(id) => self.by_id.remove(&id),
+            None => self.fifo.pop_front(),
+        }
+    }
+}
+
 async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut rng =
         rand::rngs::SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed);
     let mut conn = Conn::open(&s).await?;
-    let mut inflight: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let mut inflight = InFlight::default();
     let mut done = 0u64;
     let mut id = 1u64;
     let limit = s.args.count;
+    // Open loop: this connection's share of the rate, first send staggered across connections.
+    let interval = s
+        .args
+        .rate
+        .map(|r| Duration::from_secs_f64(s.args.conns as f64 / r.max(1e-9)));
+    let mut next_send = Instant::now()
+        + interval.map_or(Duration::ZERO, |i| i.mul_f64((seed % 1000) as f64 / 1000.0));
     loop {
-        while inflight.len() < s.args.pipeline && !s.stop.load(Ordering::Relaxed) {
+        let stopping = s.stop.load(Ordering::Relaxed);
+        // Send what is due: closed loop, whenever there is room; open loop, on schedule.
+        while !stopping && inflight.len() < s.args.pipeline {
+            let intended = match interval {
+                Some(iv) => {
+                    if Instant::now() < next_send {
+                        break;
+                    }
+                    let at = next_send;
+                    next_send += iv;
+                    at
+                }
+                None => Instant::now(),
+            };
             if limit > 0 && s.issued.fetch_add(1, Ordering::Relaxed) >= limit {
                 s.stop.store(true, Ordering::Relaxed);
                 break;
@@ -411,18 +485,32 @@ async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>
             let insert = rng.gen_range(0..100) < s.args.insert_pct;
             let k = rng.gen_range(0..s.keys.len());
             conn.send(&s, insert, k, id)?;
+            inflight.push(s.proto, id, intended);
             id += 1;
-            inflight.push_back(Instant::now());
         }
-        if inflight.is_empty() {
-            break;
+        if inflight.len() == 0 {
+            if s.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if interval.is_some() {
+                tokio::time::sleep_until(next_send.into()).await;
+            }
+            continue;
         }
         conn.flush().await?;
-        // Replies may come in any order for tarn; latency is charged to the oldest request,
-        // which is exact for in-order servers (Redis) and an upper bound otherwise.
-        let ok = conn.recv(&s).await?;
-        let t = inflight.pop_front().expect("in flight");
-        hist.record(t.elapsed().as_micros().max(1) as u64)?;
+        let reply = match interval {
+            Some(_) if !s.stop.load(Ordering::Relaxed) => {
+                tokio::select! {
+                    r = conn.recv(&s) => Some(r?),
+                    _ = tokio::time::sleep_until(next_send.into()) => None,
+                }
+            }
+            _ => Some(conn.recv(&s).await?),
+        };
+        let Some((ok, rid)) = reply else { continue };
+        if let Some(t) = inflight.take(rid) {
+            hist.record(t.elapsed().as_micros().max(1) as u64)?;
+        }
         if !ok {
             s.errors.fetch_add(1, Ordering::Relaxed);
         }

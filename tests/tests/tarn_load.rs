@@ -1,0 +1,62 @@
+//! tarn-load against a real tarnd: the closed loop stops at --count with every reply counted,
+//! the open loop sends at the asked rate (loose bounds: this checks the schedule, not speed),
+//! and the JSON carries the fields scripts rely on.
+
+use std::process::Command;
+
+use tarn_tests::{bin, Node};
+
+fn load(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin("tarn-load"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn closed_and_open_loop_runs_report_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let target = format!("tarn://{}", node.addr);
+
+    let v = load(&[
+        "--target",
+        &target,
+        "--conns",
+        "4",
+        "--pipeline",
+        "4",
+        "--count",
+        "2000",
+        "--keys",
+        "500",
+    ]);
+    assert_eq!(v["ops"], 2000);
+    assert_eq!(v["errors"], 0);
+    for field in ["ops_per_sec", "p50_us", "p99_us", "p999_us", "max_us"] {
+        assert!(v[field].as_f64().is_some_and(|x| x > 0.0), "{field} in {v}");
+    }
+
+    let v = load(&[
+        "--target",
+        &target,
+        "--conns",
+        "4",
+        "--rate",
+        "1000",
+        "--duration",
+        "1s",
+        "--keys",
+        "500",
+    ]);
+    let ops = v["ops"].as_u64().unwrap();
+    assert!((500..=1100).contains(&ops), "1 s at 1000/s sent {ops}");
+    assert_eq!(v["errors"], 0);
+}
