@@ -72,3 +72,9 @@ impl StoreError {
         }
     }
 }
+
+impl From<crate::valueset::CorruptValueSet> for StoreError {
+    fn from(e: crate::valueset::CorruptValueSet) -> StoreError {
+        StoreError::Corrupt { offset: e.offset }
+    }
+}

@@ -64,9 +64,7 @@ impl Store for MemoryStore {
     fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError> {
         let st = self.state();
         match st.partitions.get(&epoch).and_then(|p| p.get(key)) {
-            Some(bytes) => {
-                valueset::decode(bytes).map_err(|e| StoreError::Corrupt { offset: e.offset })
-            }
+            Some(bytes) => valueset::decode(bytes).map_err(StoreError::from),
             None => Ok(Vec::new()),
         }
     }
@@ -108,8 +106,7 @@ impl Store for MemoryStore {
         for (epoch, part) in &st.partitions {
             for (start, end) in ring_ranges(after, upto) {
                 for (key, bytes) in part.range(start..=end) {
-                    let values = valueset::decode(bytes)
-                        .map_err(|e| StoreError::Corrupt { offset: e.offset })?;
+                    let values = valueset::decode(bytes).map_err(StoreError::from)?;
                     if visit(*epoch, *key, &values).is_break() {
                         return Ok(());
                     }

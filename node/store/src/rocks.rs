@@ -323,9 +323,7 @@ impl Store for RocksStore {
             return Ok(Vec::new());
         };
         match self.db.get_pinned_cf(&cf, key.0) {
-            Ok(Some(bytes)) => {
-                valueset::decode(&bytes).map_err(|e| StoreError::Corrupt { offset: e.offset })
-            }
+            Ok(Some(bytes)) => valueset::decode(&bytes).map_err(StoreError::from),
             Ok(None) => Ok(Vec::new()),
             Err(e) => Err(StoreError::engine("get", e)),
         }
@@ -381,8 +379,7 @@ impl Store for RocksStore {
                     if kb > end.0 {
                         break;
                     }
-                    let values = valueset::decode(&v)
-                        .map_err(|e| StoreError::Corrupt { offset: e.offset })?;
+                    let values = valueset::decode(&v).map_err(StoreError::from)?;
                     if visit(epoch, Key(kb), &values) == ControlFlow::Break(()) {
                         return Ok(());
                     }
