@@ -147,6 +147,14 @@ pub enum BodyError {
         /// What validation said.
         reason: String,
     },
+    /// The body is not a valid archive of the node-to-node kind's type.
+    #[error("invalid body for peer kind 0x{kind:02x}: {reason}")]
+    InvalidPeer {
+        /// The kind byte.
+        kind: u8,
+        /// What validation said.
+        reason: String,
+    },
 }
 
 impl BodyError {
@@ -154,7 +162,9 @@ impl BodyError {
     pub fn code(&self) -> msg::ErrorCode {
         match self {
             BodyError::UnknownKind(_) => msg::ErrorCode::UnknownKind,
-            BodyError::Invalid { .. } => msg::ErrorCode::InvalidBody,
+            BodyError::Invalid { .. } | BodyError::InvalidPeer { .. } => {
+                msg::ErrorCode::InvalidBody
+            }
         }
     }
 }
@@ -167,6 +177,14 @@ pub enum EncodeError {
     Body {
         /// The message kind.
         kind: Kind,
+        /// Why.
+        reason: String,
+    },
+    /// The same for a node-to-node message.
+    #[error("cannot encode peer kind 0x{kind:02x}: {reason}")]
+    Peer {
+        /// The kind byte.
+        kind: u8,
         /// Why.
         reason: String,
     },
@@ -258,7 +276,7 @@ pub fn encode_to_vec(request_id: u64, msg: &Message) -> Result<Vec<u8>, EncodeEr
 
 /// Appends an archive to a buffer, reporting positions relative to the body's start so the
 /// archive's internal alignment does not depend on where in the buffer the frame begins.
-struct BodyWriter<'a> {
+pub(crate) struct BodyWriter<'a> {
     out: &'a mut Vec<u8>,
     base: usize,
 }
@@ -276,7 +294,7 @@ impl<E> rkyv::ser::Writer<E> for BodyWriter<'_> {
     }
 }
 
-fn archive<T>(value: &T, out: &mut Vec<u8>) -> Result<(), String>
+pub(crate) fn archive<T>(value: &T, out: &mut Vec<u8>) -> Result<(), String>
 where
     T: for<'a, 'b> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
@@ -305,13 +323,18 @@ impl Decoder {
         Decoder::default()
     }
 
+    /// Copies a body to the aligned scratch buffer.
+    pub(crate) fn aligned_body(&mut self, body: &[u8]) -> &[u8] {
+        self.aligned.clear();
+        self.aligned.extend_from_slice(body);
+        &self.aligned
+    }
+
     /// Decodes a frame's body into a message, validating the archive first.
     pub fn decode(&mut self, frame: &RawFrame<'_>) -> Result<Message, BodyError> {
         let kind =
             Kind::from_u8(frame.header.kind).ok_or(BodyError::UnknownKind(frame.header.kind))?;
-        self.aligned.clear();
-        self.aligned.extend_from_slice(frame.body);
-        let bytes: &[u8] = &self.aligned;
+        let bytes = self.aligned_body(frame.body);
         let invalid = |reason: String| BodyError::Invalid { kind, reason };
         macro_rules! body {
             ($t:ty) => {

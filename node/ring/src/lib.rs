@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 mod lookup;
+mod routing;
 mod state;
 
 pub use lookup::{LookupError, LookupId, LookupOutcome};
+pub use routing::{key_digest, Push, Routing};
 pub use state::{Action, Command, Event, Ring, RingConfig};
 pub use tarn_proto::ring::{NodeRef, RingMessage, RingRequest, RingResponse};
 

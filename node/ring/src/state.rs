@@ -239,10 +239,7 @@ impl Ring {
     /// Whether this node is responsible for `id`, i.e. `id ∈ (pred, me]` (everything when it
     /// knows no predecessor and no successor).
     pub fn is_responsible(&self, id: &Id) -> bool {
-        match &self.pred {
-            Some(p) => id.in_half_open(&p.id, &self.me.id),
-            None => self.succs.is_empty(),
-        }
+        crate::routing::responsible(&self.me.id, self.pred.as_ref(), &self.succs, id)
     }
 
     /// Installs a converged state directly (simulator only: to study routing over rings too
@@ -570,52 +567,35 @@ impl Ring {
 
     /// One lookup step evaluated here.
     fn local_step(&self, target: &Id) -> RingResponse {
-        if self.phase != Phase::Member {
-            return RingResponse::Closer {
-                candidates: Vec::new(),
-            };
-        }
-        if self.is_responsible(target) {
-            let mut succs = vec![self.me.clone()];
-            succs.extend(
-                self.succs
-                    .iter()
-                    .take(self.cfg.succ_list_len.saturating_sub(1))
-                    .cloned(),
-            );
-            return RingResponse::Found { succs };
-        }
-        // Within the span of our successor list the answer is known: the entries from the
-        // first one at or after the target (dead ones among them are skipped by verification).
-        let mut prev = &self.me.id;
-        for (k, s) in self.succs.iter().enumerate() {
-            if target.in_half_open(prev, &s.id) {
-                return RingResponse::Found {
-                    succs: self.succs[k..].to_vec(),
-                };
-            }
-            prev = &s.id;
-        }
-        RingResponse::Closer {
-            candidates: self.closest_preceding(target),
-        }
+        crate::routing::step_answer(
+            &self.me,
+            self.phase == Phase::Member,
+            self.pred.as_ref(),
+            &self.succs,
+            self.fingers.iter().flatten(),
+            self.cfg.succ_list_len,
+            self.cfg.fanout,
+            target,
+        )
     }
 
-    /// Known nodes strictly between us and `target`, closest to `target` first.
-    fn closest_preceding(&self, target: &Id) -> Vec<NodeRef> {
-        // At most 256 fingers (a few dozen distinct) and r successors: a small vector beats a
-        // hash set, and each distance is computed once.
-        let mut c: Vec<(Id, &NodeRef)> = Vec::with_capacity(32);
-        for n in self.fingers.iter().flatten().chain(self.succs.iter()) {
-            if n.id.in_open(&self.me.id, target) && !c.iter().any(|(_, m)| m.id == n.id) {
-                c.push((n.id.distance_to(target), n));
+    /// A snapshot for the request cores (see [`Routing`](crate::Routing)).
+    pub fn routing(&self) -> crate::Routing {
+        let mut fingers: Vec<NodeRef> = Vec::new();
+        for f in self.fingers.iter().flatten() {
+            if !fingers.iter().any(|g| g.id == f.id) {
+                fingers.push(f.clone());
             }
         }
-        c.sort_unstable_by_key(|e| e.0);
-        c.into_iter()
-            .take(self.cfg.fanout)
-            .map(|(_, n)| n.clone())
-            .collect()
+        crate::Routing {
+            me: self.me.clone(),
+            member: self.phase == Phase::Member,
+            pred: self.pred.clone(),
+            succs: self.succs.clone(),
+            fingers,
+            succ_list_len: self.cfg.succ_list_len,
+            fanout: self.cfg.fanout,
+        }
     }
 
     fn stabilize(&mut self, now: u64) {
