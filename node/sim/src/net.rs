@@ -5,9 +5,27 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
+use tarn_proto::peer::{DataRequest, DataResponse};
 use tarn_proto::ring::{NodeRef, RingMessage};
 use tarn_proto::Id;
 use tarn_ring::{Action, Command, Event, Ring, RingConfig};
+
+use crate::records::{DataConfig, DataNode, Op};
+
+/// What travels between simulated nodes.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    /// Ring maintenance.
+    Ring(RingMessage),
+    /// A data-plane request.
+    Data {
+        from: String,
+        rpc: u64,
+        req: DataRequest,
+    },
+    /// A data-plane response.
+    Reply { rpc: u64, resp: DataResponse },
+}
 
 /// Network behaviour.
 #[derive(Clone, Debug)]
@@ -58,6 +76,7 @@ impl Rng {
 #[derive(Debug)]
 pub(crate) struct SimNode {
     pub(crate) ring: Ring,
+    pub(crate) data: DataNode,
     pub(crate) alive: bool,
     /// Partition group; messages cross groups only when both are 0 (no partition).
     pub(crate) group: u8,
@@ -73,8 +92,15 @@ pub struct Sim {
     pub(crate) cfg: RingConfig,
     pub(crate) nodes: BTreeMap<String, SimNode>,
     queue: BinaryHeap<Reverse<(u64, u64, String, u32)>>,
-    payloads: HashMap<u64, RingMessage>,
+    payloads: HashMap<u64, Wire>,
     seq: u64,
+    pub(crate) data_cfg: DataConfig,
+    pub(crate) ops: HashMap<u64, Op>,
+    pub(crate) next_op: u64,
+    /// Inserts acknowledged to the client: `(epoch, key, value)`.
+    pub acked: Vec<(tarn_proto::Epoch, tarn_proto::Key, Vec<u8>)>,
+    /// Values sent by anti-entropy repair.
+    pub repairs_sent: u64,
     /// Finished user lookups: (node, lookup id) -> (result, hops).
     pub lookups: HashMap<(String, u64), tarn_ring::LookupOutcome>,
     /// Messages delivered so far.
@@ -101,6 +127,11 @@ impl Sim {
             queue: BinaryHeap::new(),
             payloads: HashMap::new(),
             seq: 0,
+            data_cfg: DataConfig::default(),
+            ops: HashMap::new(),
+            next_op: 0,
+            acked: Vec::new(),
+            repairs_sent: 0,
             lookups: HashMap::new(),
             delivered: 0,
         }
@@ -127,6 +158,7 @@ impl Sim {
             addr.to_string(),
             SimNode {
                 ring,
+                data: DataNode::new(self.now, &self.data_cfg),
                 alive: true,
                 group: 0,
                 incarnation,
@@ -151,6 +183,7 @@ impl Sim {
             addr,
             SimNode {
                 ring,
+                data: DataNode::new(self.now, &self.data_cfg),
                 alive: true,
                 group: 0,
                 incarnation: 0,
@@ -209,16 +242,32 @@ impl Sim {
                 return;
             };
             match action {
-                Action::Send { to, msg } => self.transmit(addr, to, msg),
+                Action::Send { to, msg } => self.transmit_wire(addr, to, Wire::Ring(msg)),
+                Action::Event(Event::LookupDone { id, outcome }) if Sim::is_data_lookup(id) => {
+                    let found = outcome.result.ok().map(|f| f[0].addr.clone());
+                    self.data_lookup_done(addr, id, found);
+                }
                 Action::Event(Event::LookupDone { id, outcome }) => {
                     self.lookups.insert((addr.to_string(), id), outcome);
+                }
+                Action::Event(Event::SuccessorsChanged | Event::PredecessorChanged) => {
+                    // Every membership change triggers handoff and repair.
+                    let at = self.now + self.data_cfg.repair_after_change_ms;
+                    if let Some(n) = self.nodes.get_mut(addr) {
+                        n.data.schedule_repair(at);
+                    }
                 }
                 Action::Event(_) => {}
             }
         }
     }
 
-    fn transmit(&mut self, from: &str, to: String, msg: RingMessage) {
+    /// Sets the data-plane constants (before nodes start).
+    pub fn set_data_config(&mut self, cfg: DataConfig) {
+        self.data_cfg = cfg;
+    }
+
+    pub(crate) fn transmit_wire(&mut self, from: &str, to: String, msg: Wire) {
         if self.net.loss_ppm > 0 && self.rng.below(1_000_000) < self.net.loss_ppm as u64 {
             return;
         }
@@ -247,7 +296,10 @@ impl Sim {
                 .nodes
                 .iter()
                 .filter(|(_, n)| n.alive)
-                .filter_map(|(a, n)| n.ring.poll_timeout().map(|t| (t.max(self.now), a.clone())))
+                .map(|(a, n)| {
+                    let ring = n.ring.poll_timeout().unwrap_or(u64::MAX);
+                    (ring.min(n.data.poll_timeout()).max(self.now), a.clone())
+                })
                 .min();
             let t = match (next_msg, &next_timer) {
                 (Some(m), Some((tt, _))) => m.min(*tt),
@@ -264,19 +316,36 @@ impl Sim {
                 let Reverse((_, seq, to, _incarnation)) = self.queue.pop().expect("peeked");
                 let msg = self.payloads.remove(&seq).expect("payload");
                 let now = self.now;
-                if let Some(n) = self.nodes.get_mut(&to) {
-                    if n.alive {
-                        n.ring.handle(now, msg);
-                        self.delivered += 1;
-                        self.drain(&to);
+                let alive = self.nodes.get(&to).is_some_and(|n| n.alive);
+                if alive {
+                    self.delivered += 1;
+                    match msg {
+                        Wire::Ring(m) => {
+                            if let Some(n) = self.nodes.get_mut(&to) {
+                                n.ring.handle(now, m);
+                            }
+                        }
+                        Wire::Data { from, rpc, req } => self.on_data_request(&to, from, rpc, req),
+                        Wire::Reply { rpc, resp } => self.on_data_response(&to, rpc, resp),
                     }
+                    self.drain(&to);
                 }
             } else if let Some((_, addr)) = next_timer {
                 let now = self.now;
                 if let Some(n) = self.nodes.get_mut(&addr) {
-                    n.ring.handle_timeout(now);
+                    if n.ring.poll_timeout().is_some_and(|t| t <= now) {
+                        n.ring.handle_timeout(now);
+                    }
                 }
                 self.drain(&addr);
+                let due = self
+                    .nodes
+                    .get(&addr)
+                    .is_some_and(|n| n.data.poll_timeout() <= now);
+                if due {
+                    self.data_timeout(&addr);
+                    self.drain(&addr);
+                }
             }
         }
     }

@@ -2,10 +2,13 @@
 //! message loss, short partitions), let it settle, then check Zave's invariants and that
 //! lookups from every node find the true successor.
 
-use tarn_proto::Id;
+use std::collections::HashMap;
+
+use tarn_proto::{Epoch, Id, Key};
 use tarn_ring::{Command, RingConfig};
 
 use crate::net::{node_id, Rng, Sim, SimNet};
+use crate::records::DataConfig;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -20,7 +23,19 @@ pub struct Scenario {
     pub settle_ms: u64,
     /// Ring protocol constants.
     pub ring: RingConfig,
+    /// Inserts through random members after building and after every churn event (0: none).
+    pub records_per_event: usize,
+    /// Data-plane constants.
+    pub data: DataConfig,
+    /// Keep crashes within the replication model (never `replicas` consecutive fragile
+    /// nodes). Turned off only to show that the loss check catches real losses.
+    pub respect_replicas: bool,
 }
+
+/// A node crashed or (re)started this recently may not hold its records yet; the churn never
+/// takes down `replicas` consecutive such nodes (the model's "fewer than `replicas`
+/// neighbours fail at once").
+const FRAGILE_MS: u64 = 10_000;
 
 impl Scenario {
     /// A scenario with defaults tuned for fast simulation.
@@ -34,6 +49,9 @@ impl Scenario {
                 fix_fingers_ms: 1000,
                 ..RingConfig::default()
             },
+            records_per_event: 3,
+            data: DataConfig::default(),
+            respect_replicas: true,
         }
     }
 
@@ -61,6 +79,10 @@ pub struct Outcome {
     pub messages: u64,
     /// Each live node's final state, for diagnosing a failure.
     pub states: Vec<String>,
+    /// Inserts acknowledged to clients (each checked: never lost, converged to its replicas).
+    pub acked: usize,
+    /// Values moved by anti-entropy repair.
+    pub repaired: u64,
 }
 
 /// Zave's invariants over the live members: each member's successor list is exactly the next
@@ -116,7 +138,11 @@ fn true_successor(live: &[(Id, String)], target: &Id) -> Id {
 pub fn run_scenario(sc: &Scenario) -> Outcome {
     let r = sc.ring.succ_list_len;
     let mut sim = Sim::new(sc.seed, SimNet::default(), sc.ring.clone());
+    sim.set_data_config(sc.data.clone());
     let mut rng = Rng::new(sc.seed ^ 0x5ce4_a810);
+    let mut violations = Vec::new();
+    // When each node last crashed or (re)started.
+    let mut fragile_since: HashMap<String, u64> = HashMap::new();
     let addr = |i: usize| format!("n{i}");
     let mut next_index = sc.nodes;
 
@@ -128,6 +154,9 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         let via = (0..3).map(|_| addr(rng.below(i as u64) as usize)).collect();
         sim.start(&addr(i), node_id(sc.seed, &addr(i)), Command::Join { via });
     }
+    let t = sim.now() + 5_000;
+    sim.run_until(t);
+    insert_some(&mut sim, &mut rng, sc.records_per_event);
 
     // Churn: keep fewer than r members dead at once, so no node loses its whole list.
     let mut dead: Vec<String> = Vec::new();
@@ -135,9 +164,19 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         let t = sim.now() + 100 + rng.below(1500);
         sim.run_until(t);
         let live = sim.live();
+        check_not_lost(&sim, &mut violations);
+        insert_some(&mut sim, &mut rng, sc.records_per_event);
         match rng.below(6) {
             0 | 1 if dead.len() + 1 < r && live.len() > 1 => {
                 let victim = live[rng.below(live.len() as u64) as usize].clone();
+                let now = sim.now();
+                fragile_since.retain(|_, t| now.saturating_sub(*t) < FRAGILE_MS);
+                if sc.respect_replicas
+                    && sc.records_per_event > 0
+                    && fragile_run(&sim, &fragile_since, &victim) >= sc.data.replicas
+                {
+                    continue;
+                }
                 // A ring whose every member died is gone; joiners cannot bring it back. Keep
                 // at least one member alive (the model's assumption, like fewer than r dead).
                 let members = live
@@ -147,6 +186,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                 let victim_is_member = sim.ring(&victim).is_some_and(|r| r.is_member());
                 if !victim_is_member || members >= 2 {
                     sim.crash(&victim);
+                    fragile_since.insert(victim.clone(), sim.now());
                     dead.push(victim);
                 }
             }
@@ -158,6 +198,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                     .map(|_| live[rng.below(live.len() as u64) as usize].clone())
                     .collect();
                 let id = sim.ring(&back).expect("known").me().id;
+                fragile_since.insert(back.clone(), sim.now());
                 sim.start(&back, id, Command::Join { via });
             }
             3 => {
@@ -167,6 +208,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                     .collect();
                 let a = addr(next_index);
                 next_index += 1;
+                fragile_since.insert(a.clone(), sim.now());
                 sim.start(&a, node_id(sc.seed, &a), Command::Join { via });
             }
             4 => {
@@ -193,10 +235,10 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         }
     }
 
+    check_not_lost(&sim, &mut violations);
     // Settle: check every second until the invariants hold or time runs out.
     let start = sim.now();
     let mut converge_ms = None;
-    let mut violations = Vec::new();
     let mut waiting: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     while sim.now() < start + sc.settle_ms {
         let t = sim.now() + 1000;
@@ -230,10 +272,29 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                 }
             }
         }
-        violations = check_invariants(&sim, r);
-        if violations.is_empty() {
+        let ring_violations = check_invariants(&sim, r);
+        if ring_violations.is_empty() {
             converge_ms = Some(sim.now() - start);
             break;
+        }
+        if sim.now() + 1000 >= start + sc.settle_ms {
+            violations.extend(ring_violations);
+        }
+    }
+    // Records converge to their replica sets within a few repair rounds.
+    if violations.is_empty() {
+        let deadline = sim.now() + 10 * sc.data.repair_ms;
+        loop {
+            let t = sim.now() + sc.data.repair_ms;
+            sim.run_until(t);
+            let missing = check_replicated(&sim, sc.data.replicas);
+            if missing.is_empty() {
+                break;
+            }
+            if sim.now() >= deadline {
+                violations.extend(missing.into_iter().take(10));
+                break;
+            }
         }
     }
 
@@ -302,6 +363,8 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         .collect();
     states.sort();
     Outcome {
+        acked: sim.acked.len(),
+        repaired: sim.repairs_sent,
         violations,
         converge_ms,
         live: sim.live().len(),
@@ -309,4 +372,104 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         messages: sim.delivered,
         states: states.into_iter().map(|(_, l)| l).collect(),
     }
+}
+
+/// Inserts `n` records through random live members (epochs 1 and 2).
+fn insert_some(sim: &mut Sim, rng: &mut Rng, n: usize) {
+    let members: Vec<String> = sim
+        .live()
+        .into_iter()
+        .filter(|a| sim.ring(a).is_some_and(|r| r.is_member()))
+        .collect();
+    if members.is_empty() {
+        return;
+    }
+    for _ in 0..n {
+        let entry = &members[rng.below(members.len() as u64) as usize];
+        let mut key = [0u8; 32];
+        for chunk in key.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next().to_le_bytes());
+        }
+        let epoch = Epoch(1 + rng.below(2));
+        let value = rng.next().to_le_bytes().to_vec();
+        sim.insert(entry, epoch, Key(key), value);
+    }
+}
+
+/// Every acknowledged record is held by at least one live node.
+fn check_not_lost(sim: &Sim, violations: &mut Vec<String>) {
+    let live = sim.live();
+    for (epoch, key, value) in &sim.acked {
+        if !live.iter().any(|a| sim.holds(a, *epoch, key, value)) {
+            violations.push(format!(
+                "acknowledged record {} of epoch {} lost at t={} ms",
+                key.id().short(),
+                epoch.0,
+                sim.now()
+            ));
+        }
+    }
+}
+
+/// Every acknowledged record is held by every member of its replica set.
+fn check_replicated(sim: &Sim, replicas: usize) -> Vec<String> {
+    let mut live: Vec<(Id, String)> = sim
+        .live()
+        .into_iter()
+        .map(|a| (sim.ring(&a).expect("live").me().id, a))
+        .collect();
+    live.sort();
+    let mut v = Vec::new();
+    for (epoch, key, value) in &sim.acked {
+        let target = key.id();
+        let first = live.iter().position(|(id, _)| *id >= target).unwrap_or(0);
+        for k in 0..replicas.min(live.len()) {
+            let (_, a) = &live[(first + k) % live.len()];
+            if !sim.holds(a, *epoch, key, value) {
+                v.push(format!(
+                    "record {} of epoch {} missing at replica {k} ({a})",
+                    target.short(),
+                    epoch.0
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// The length of the run of consecutive fragile nodes (in ring order over live and recently
+/// crashed nodes) that `victim` would extend.
+fn fragile_run(sim: &Sim, fragile: &HashMap<String, u64>, victim: &str) -> usize {
+    let mut ring: Vec<(Id, bool)> = sim
+        .live()
+        .into_iter()
+        .chain(fragile.keys().cloned())
+        .filter_map(|a| {
+            let id = sim.ring(&a)?.me().id;
+            Some((id, a == victim || fragile.contains_key(&a)))
+        })
+        .collect();
+    ring.sort();
+    ring.dedup();
+    let n = ring.len();
+    let Some(at) = ring
+        .iter()
+        .position(|(id, _)| Some(*id) == sim.ring(victim).map(|r| r.me().id))
+    else {
+        return 1;
+    };
+    let mut run = 1;
+    for step in 1..n {
+        if !ring[(at + step) % n].1 {
+            break;
+        }
+        run += 1;
+    }
+    for step in 1..n {
+        if !ring[(at + n - step) % n].1 {
+            break;
+        }
+        run += 1;
+    }
+    run.min(n)
 }

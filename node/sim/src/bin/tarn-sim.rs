@@ -55,12 +55,15 @@ fn main() {
     };
     let mut failed = 0;
     let mut converge = Vec::new();
+    let (mut acked, mut repaired) = (0usize, 0u64);
     for seed in &seeds {
         let nodes = arg(&args, "--nodes")
             .map(|n| n.parse().expect("--nodes takes a number"))
             .unwrap_or_else(|| (min_n + seed % (max_n - min_n + 1)) as usize);
         let sc = Scenario::new(*seed, nodes, churn);
         let o = run_scenario(&sc);
+        acked += o.acked;
+        repaired += o.repaired;
         if o.violations.is_empty() {
             converge.push(o.converge_ms.unwrap_or(0));
         } else {
@@ -78,8 +81,8 @@ fn main() {
                 }
             }
             println!(
-                "seed {seed}: {} live, converged in {:?} ms, {} messages, lookup hops {:?}",
-                o.live, o.converge_ms, o.messages, o.hops
+                "seed {seed}: {} live, converged in {:?} ms, {} messages, {} records acknowledged, {} repaired, lookup hops {:?}",
+                o.live, o.converge_ms, o.messages, o.acked, o.repaired, o.hops
             );
         }
     }
@@ -91,7 +94,7 @@ fn main() {
             .unwrap_or(0)
     };
     println!(
-        "{} seeds, {} failed; convergence after the last disturbance: median {} ms, p99 {} ms, max {} ms",
+        "{} seeds, {} failed; {acked} acknowledged records checked ({repaired} values moved by repair); convergence after the last disturbance: median {} ms, p99 {} ms, max {} ms",
         seeds.len(),
         failed,
         p(0.5),
