@@ -29,8 +29,16 @@ pub struct Config {
     pub cores: usize,
     /// Explicit CPUs to pin executors to (empty: the affinity mask).
     pub cpus: Vec<usize>,
-    /// Ring members to join (the ring issue).
+    /// Ring members to join; empty starts a new ring (bootstrap).
     pub join: Vec<String>,
+    /// Shared secret of a private ring (empty: none). Peers without it are refused.
+    pub network_secret: String,
+    /// Copies of every record (the responsible node and its next `replicas - 1` successors).
+    pub replicas: usize,
+    /// Interval of the periodic anti-entropy repair.
+    pub repair_interval: Duration,
+    /// Interval of the ring's stabilize rounds.
+    pub stabilize_interval: Duration,
     /// Largest value accepted.
     pub max_value_bytes: u32,
     /// Values kept per key.
@@ -74,6 +82,10 @@ impl Default for Config {
             cores: 0,
             cpus: Vec::new(),
             join: Vec::new(),
+            network_secret: String::new(),
+            replicas: 3,
+            repair_interval: Duration::from_secs(30),
+            stabilize_interval: Duration::from_millis(500),
             max_value_bytes: 1024,
             max_values_per_key: 8,
             max_total_bytes: 0,
@@ -130,6 +142,9 @@ pub struct Cli {
     /// Ring members to join, `ADDR[,ADDR]`.
     #[arg(long, env = "TARN_JOIN")]
     pub join: Option<String>,
+    /// Shared secret of a private ring (prefer the environment or the file to a flag).
+    #[arg(long, env = "TARN_NETWORK_SECRET", hide_env_values = true)]
+    pub network_secret: Option<String>,
     /// WAL policy: disabled, nosync, periodic, every-write.
     #[arg(long, env = "TARN_WAL")]
     pub wal: Option<String>,
@@ -173,6 +188,10 @@ pub const KEYS: &[&str] = &[
     "cores",
     "cpus",
     "join",
+    "network_secret",
+    "replicas",
+    "repair_interval_ms",
+    "stabilize_interval_ms",
     "max_value_bytes",
     "max_values_per_key",
     "max_total_bytes",
@@ -228,6 +247,12 @@ impl Loader {
                 "cores" => c.cores = parse_num(raw)?,
                 "cpus" => c.cpus = parse_cpu_list(raw)?,
                 "join" => c.join = split_list(raw),
+                "network_secret" => c.network_secret = raw.to_string(),
+                "replicas" => c.replicas = parse_num(raw)?,
+                "repair_interval_ms" => c.repair_interval = Duration::from_millis(parse_num(raw)?),
+                "stabilize_interval_ms" => {
+                    c.stabilize_interval = Duration::from_millis(parse_num(raw)?)
+                }
                 "max_value_bytes" => c.max_value_bytes = parse_num(raw)?,
                 "max_values_per_key" => c.max_values_per_key = parse_num(raw)?,
                 "max_total_bytes" => c.max_total_bytes = parse_num(raw)?,
@@ -347,13 +372,17 @@ impl Loader {
                 self.problem("join", format!("{s:?} is not HOST:PORT"));
             }
         }
-        if !c.join.is_empty() {
-            // Accepted by the parser so configs can be written ahead, refused so that nobody
-            // believes a node joined a ring that this build cannot form.
+        if c.replicas == 0 || c.replicas > 8 {
             self.problem(
-                "join",
-                "ring membership is not in this build yet (the ring issue); run without join",
+                "replicas",
+                "must be between 1 and 8 (the successor list length)",
             );
+        }
+        if c.repair_interval < Duration::from_millis(100) {
+            self.problem("repair_interval_ms", "must be at least 100");
+        }
+        if c.stabilize_interval < Duration::from_millis(20) {
+            self.problem("stabilize_interval_ms", "must be at least 20");
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log) {
             self.problem("log", format!("not a valid filter: {e}"));
@@ -455,7 +484,7 @@ impl Config {
                 Err(e) => l.problem("config", format!("cannot read {}: {e}", path.display())),
             }
         }
-        let flags: [(&str, Option<String>); 12] = [
+        let flags: [(&str, Option<String>); 13] = [
             ("listen", cli.listen.clone()),
             ("advertise", cli.advertise.clone()),
             (
@@ -468,6 +497,7 @@ impl Config {
             ("cores", cli.cores.clone()),
             ("cpus", cli.cpus.clone()),
             ("join", cli.join.clone()),
+            ("network_secret", cli.network_secret.clone()),
             ("wal", cli.wal.clone()),
             ("ntp_servers", cli.ntp_servers.clone()),
             ("log", cli.log.clone()),

@@ -139,11 +139,38 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
     metrics
         .start_time_seconds
         .set(timesync::system_ns() as f64 / 1e9);
+    let advertise = cfg
+        .advertise
+        .clone()
+        .unwrap_or_else(|| listen_addr.to_string());
+    let ring_cfg = tarn_ring::RingConfig {
+        stabilize_ms: cfg.stabilize_interval.as_millis() as u64,
+        check_pred_ms: (cfg.stabilize_interval.as_millis() as u64 * 2).max(100),
+        ..tarn_ring::RingConfig::default()
+    };
+    let ident = Arc::new(tarn_node::peer::PeerIdent {
+        me: tarn_proto::ring::NodeRef {
+            id: identity.id,
+            addr: advertise.clone(),
+        },
+        signing: identity.signing.clone(),
+        public_key: identity.public_key,
+        network: NetworkId::from_name(&cfg.network),
+        epoch_secs: cfg.epoch_secs,
+        secret: tarn_proto::peer::secret_key(&cfg.network_secret),
+        max_frame: cfg.max_frame_bytes.max(1 << 20),
+    });
+    let mut inbox_tx = Vec::new();
+    let mut inbox_rx = Vec::new();
+    for _ in 0..plan.len() {
+        let (tx, rx) = glommio::channels::shared_channel::new_bounded(4096);
+        inbox_tx.push(tx);
+        inbox_rx.push(rx);
+    }
+    let cluster = tarn_node::cluster::Cluster::new(ident, &ring_cfg, cfg.replicas, inbox_tx);
     let shared = Arc::new(Shared {
-        advertise: cfg
-            .advertise
-            .clone()
-            .unwrap_or_else(|| listen_addr.to_string()),
+        cluster,
+        advertise,
         network: NetworkId::from_name(&cfg.network),
         node_id: identity.id,
         public_key: identity.public_key,
@@ -229,6 +256,17 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
         cores.push(handle);
     }
 
+    let ring_thread = {
+        let s = shared.clone();
+        let seed: u64 = rand::random();
+        let cpu = plan[0];
+        LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name("tarn-ring")
+            .io_memory(1 << 20)
+            .spawn(move || tarn_node::cluster::run_ring(s, ring_cfg, inbox_rx, seed))
+            .map_err(|e| anyhow::anyhow!("starting the ring executor: {e}"))?
+    };
+
     tracing::info!(
         node_id = %identity.id.short(),
         cores = plan.len(),
@@ -237,7 +275,13 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
         wal = tarn_node::config::wal_name(cfg.wal),
         "tarnd serving"
     );
-    tracing::warn!("running as a lone node: fine for development, not a ring");
+    if cfg.join.is_empty() {
+        tracing::warn!(
+            "started a new ring: other nodes join it with --join {}; a ring of fewer than 9 \
+             members (r + 1) is for development and tests",
+            shared.advertise
+        );
+    }
     // One machine-readable line on stdout for scripts and tests.
     let metrics_addr = metrics_server
         .as_ref()
@@ -267,6 +311,10 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Leave the ring first, while still serving: hand records over, then fall silent.
+    tracing::info!("leaving the ring: handing records over");
+    shared.cluster.leave.store(true, Ordering::Relaxed);
+    let _ = ring_thread.join();
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     shared.shutdown.store(true, Ordering::Relaxed);
     for (i, c) in cores.into_iter().enumerate() {

@@ -27,6 +27,30 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// How late each core's 100 ms heartbeat ran, by `core`: time the executor was blocked.
     pub executor_stall_seconds: HistogramVec,
+    /// 1 while the node is a ring member.
+    pub ring_member: IntGauge,
+    /// Entries in the successor list.
+    pub ring_successors: IntGauge,
+    /// 1 while a predecessor is known.
+    pub ring_predecessor: IntGauge,
+    /// Distinct finger nodes.
+    pub ring_fingers: IntGauge,
+    /// Membership changes seen (successor list or predecessor), each triggering handoff.
+    pub ring_changes: IntCounter,
+    /// Peer handshakes refused, by `reason`.
+    pub peers_refused: IntCounterVec,
+    /// Peer links established.
+    pub peers_connected: IntCounter,
+    /// Requests forwarded to the responsible node, by `type`.
+    pub forwarded: IntCounterVec,
+    /// Replica writes by `outcome` (ok, failed): failures are copies the repair must restore.
+    pub replica_writes: IntCounterVec,
+    /// Anti-entropy repair rounds.
+    pub repair_rounds: IntCounter,
+    /// Values sent by repair and handoff.
+    pub repair_values: IntCounter,
+    /// Unix time of the last completed repair round.
+    pub repair_last_success: Gauge,
     /// Open client connections.
     pub connections_open: IntGauge,
     /// Connections accepted.
@@ -152,6 +176,98 @@ impl Metrics {
                     )
                     .buckets(vec![1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]),
                     &["core"],
+                )
+                .expect("valid"),
+            ),
+            ring_member: reg(
+                &r,
+                IntGauge::new("tarn_ring_member", "1 while the node is a ring member")
+                    .expect("valid"),
+            ),
+            ring_successors: reg(
+                &r,
+                IntGauge::new("tarn_ring_successors", "Entries in the successor list")
+                    .expect("valid"),
+            ),
+            ring_predecessor: reg(
+                &r,
+                IntGauge::new(
+                    "tarn_ring_predecessor_present",
+                    "1 while a predecessor is known",
+                )
+                .expect("valid"),
+            ),
+            ring_fingers: reg(
+                &r,
+                IntGauge::new("tarn_ring_fingers", "Distinct finger nodes").expect("valid"),
+            ),
+            ring_changes: reg(
+                &r,
+                IntCounter::new(
+                    "tarn_ring_membership_changes_total",
+                    "Successor list or predecessor changes (each triggers handoff)",
+                )
+                .expect("valid"),
+            ),
+            peers_refused: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tarn_peer_handshakes_refused_total",
+                        "Node-to-node handshakes refused, by reason",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            peers_connected: reg(
+                &r,
+                IntCounter::new(
+                    "tarn_peer_links_total",
+                    "Authenticated node-to-node links established",
+                )
+                .expect("valid"),
+            ),
+            forwarded: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tarn_forwarded_total",
+                        "Requests forwarded to the responsible node, by type",
+                    ),
+                    &["type"],
+                )
+                .expect("valid"),
+            ),
+            replica_writes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tarn_replica_writes_total",
+                        "Replica writes by outcome (failed copies wait for repair)",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid"),
+            ),
+            repair_rounds: reg(
+                &r,
+                IntCounter::new("tarn_repair_rounds_total", "Anti-entropy repair rounds")
+                    .expect("valid"),
+            ),
+            repair_values: reg(
+                &r,
+                IntCounter::new(
+                    "tarn_repair_values_sent_total",
+                    "Values sent by repair and handoff",
+                )
+                .expect("valid"),
+            ),
+            repair_last_success: reg(
+                &r,
+                Gauge::new(
+                    "tarn_repair_last_success_timestamp_seconds",
+                    "Unix time of the last completed repair round",
                 )
                 .expect("valid"),
             ),

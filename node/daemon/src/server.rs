@@ -25,8 +25,14 @@ use tarn_proto::msg::{self, ErrorCode, FailCause, InsertReply, RetrieveReply};
 use tarn_proto::{Decoder, Epoch, Id, Key, Message, NetworkId};
 use tarn_store::{PutItem, Store, StoreError};
 
+use glommio::channels::shared_channel::ConnectedSender;
+use tarn_proto::peer::{self, DataFailure, DataRequest, DataResponse, PeerMessage, Record};
+use tarn_proto::ring::RingMessage;
+
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::peer::{PeerError, Pool};
 use crate::timesync::Clock;
 
 /// Replies buffered beyond this are written out before more requests are answered.
@@ -59,6 +65,8 @@ pub struct Shared {
     pub cores: usize,
     /// Set once to stop: cores stop accepting, finish in-flight requests and return.
     pub shutdown: AtomicBool,
+    /// The ring: routing snapshot, members, leave flags.
+    pub cluster: Cluster,
     /// Per core: milliseconds since `started` at its last heartbeat. A core whose heartbeat is
     /// old is stalled; the systemd watchdog is only fed while every core beats.
     pub heartbeats: Vec<AtomicU64>,
@@ -125,6 +133,27 @@ struct Core {
     next_conn: Cell<u64>,
     conn_limit: usize,
     last_stamp: Cell<u64>,
+    /// Outgoing links to other nodes (forwarding, replication, lookups).
+    peers: Rc<Pool>,
+    /// Channel to the ring executor for ring messages that arrive on this core.
+    ring_tx: Option<ConnectedSender<RingMessage>>,
+}
+
+/// A write's outcome: copies written, or why it failed.
+type WriteResult = Result<u8, FailCause>;
+
+fn store_cause(e: &StoreError, shared: &Shared) -> FailCause {
+    match e {
+        StoreError::TooLarge { max, .. } => FailCause::TooLarge { max: *max },
+        StoreError::OverQuota { .. } => FailCause::OverQuota,
+        StoreError::Expired { .. } => FailCause::EpochOutOfWindow {
+            now: shared.now_epoch(),
+        },
+        StoreError::Engine { .. } | StoreError::Corrupt { .. } => {
+            tracing::error!(error = %e, "write failed in the store");
+            FailCause::Internal
+        }
+    }
 }
 
 impl Core {
@@ -154,6 +183,381 @@ impl Core {
                 n
             ]
         })
+    }
+}
+
+impl Core {
+    /// Whether this node stores `key` itself (it is responsible, or alone).
+    fn is_local(&self, key: &Key) -> bool {
+        let r = self.shared.cluster.routing.load();
+        r.alone() || r.is_responsible(&key.id())
+    }
+
+    /// Whether the node is alone (no ring neighbours).
+    fn alone(&self) -> bool {
+        self.shared.cluster.routing.load().alone()
+    }
+
+    /// Writes locally (group commit) and to the replica targets at once; a write succeeds once
+    /// the write quorum of copies holds.
+    async fn write_replicated(self: &Rc<Self>, items: Vec<OwnedPut>) -> Vec<WriteResult> {
+        let shared = self.shared.clone();
+        let routing = shared.cluster.routing.load_full();
+        let replicas = shared.cluster.replicas;
+        let targets = routing.replica_targets(replicas).to_vec();
+        if targets.is_empty() {
+            return self
+                .commit(items)
+                .await
+                .into_iter()
+                .map(|r| r.map(|()| 1).map_err(|e| store_cause(&e, &shared)))
+                .collect();
+        }
+        let quorum = routing.write_quorum(replicas);
+        let records: Vec<Record> = items
+            .iter()
+            .map(|p| Record {
+                epoch: p.epoch,
+                key: p.key,
+                stamp: p.stamp,
+                value: p.value.clone(),
+            })
+            .collect();
+        let req = Rc::new(DataRequest::Replicate { records });
+        let timeout = shared.cluster.rpc_timeout;
+        let tasks: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                let (peers, req, addr) = (self.peers.clone(), req.clone(), t.addr.clone());
+                glommio::spawn_local(async move {
+                    matches!(
+                        peers.request(&addr, &req, timeout).await,
+                        Ok(DataResponse::Replicated)
+                    )
+                })
+            })
+            .collect();
+        let local = self.commit(items).await;
+        let mut acks = 0u8;
+        for t in tasks {
+            let ok = t.await;
+            self.shared
+                .metrics
+                .replica_writes
+                .with_label_values(&[if ok { "ok" } else { "failed" }])
+                .inc();
+            acks += ok as u8;
+        }
+        local
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) if 1 + acks as usize >= quorum => Ok(1 + acks),
+                Ok(()) => Err(FailCause::Unavailable { copies: 1 + acks }),
+                Err(e) => Err(store_cause(&e, &shared)),
+            })
+            .collect()
+    }
+
+    /// An insert this node is not responsible for: find the responsible node and forward.
+    async fn forward_insert(self: Rc<Self>, epoch: Epoch, key: Key, value: Vec<u8>) -> WriteResult {
+        let shared = self.shared.clone();
+        shared
+            .metrics
+            .forwarded
+            .with_label_values(&["insert"])
+            .inc();
+        let req = DataRequest::Put { epoch, key, value };
+        let timeout = shared.cluster.rpc_timeout * 2;
+        let mut last = FailCause::Unavailable { copies: 0 };
+        for attempt in 0..3u64 {
+            if attempt > 0 {
+                glommio::timer::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            let routing = shared.cluster.routing.load_full();
+            let Some(found) = crate::cluster::find(&self.peers, &routing, &key.id(), timeout).await
+            else {
+                continue;
+            };
+            if found[0].id == shared.node_id {
+                let DataRequest::Put { epoch, key, value } = req else {
+                    unreachable!("built above")
+                };
+                let stamp = self.stamp();
+                let put = OwnedPut {
+                    epoch,
+                    key,
+                    stamp,
+                    value,
+                };
+                return self
+                    .write_replicated(vec![put])
+                    .await
+                    .pop()
+                    .unwrap_or(Err(last));
+            }
+            match self.peers.request(&found[0].addr, &req, timeout).await {
+                Ok(DataResponse::Stored { copies }) => return Ok(copies),
+                Ok(DataResponse::Failed(f)) => {
+                    last = match f {
+                        DataFailure::TooLarge => {
+                            return Err(FailCause::TooLarge {
+                                max: shared.cfg.max_value_bytes,
+                            })
+                        }
+                        DataFailure::Expired => {
+                            return Err(FailCause::EpochOutOfWindow {
+                                now: shared.now_epoch(),
+                            })
+                        }
+                        DataFailure::OverQuota => return Err(FailCause::OverQuota),
+                        DataFailure::Quorum { copies } => FailCause::Unavailable { copies },
+                        DataFailure::NotResponsible | DataFailure::Internal => {
+                            FailCause::Unavailable { copies: 0 }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Err(last)
+    }
+
+    /// A read: the responsible node answers; when it has nothing (it may have joined a moment
+    /// ago and not received its handoff yet) or cannot be reached, the next replica does.
+    async fn routed_get(self: Rc<Self>, epoch: Epoch, key: Key) -> Result<Vec<Vec<u8>>, FailCause> {
+        let shared = self.shared.clone();
+        let routing = shared.cluster.routing.load_full();
+        let timeout = shared.cluster.rpc_timeout;
+        let found = match crate::cluster::find(&self.peers, &routing, &key.id(), timeout).await {
+            Some(f) => f,
+            None => return Err(FailCause::Unavailable { copies: 0 }),
+        };
+        if found[0].id != shared.node_id {
+            shared
+                .metrics
+                .forwarded
+                .with_label_values(&["retrieve"])
+                .inc();
+        }
+        let mut reached = false;
+        for n in found.iter().take(shared.cluster.replicas.max(1)) {
+            let values = if n.id == shared.node_id {
+                match shared.store.get(epoch, &key) {
+                    Ok(v) => Some(v.into_iter().map(|s| s.value).collect::<Vec<_>>()),
+                    Err(_) => None,
+                }
+            } else {
+                match self
+                    .peers
+                    .request(&n.addr, &DataRequest::Get { epoch, key }, timeout)
+                    .await
+                {
+                    Ok(DataResponse::Values { values }) => {
+                        Some(values.into_iter().map(|(_, v)| v).collect())
+                    }
+                    _ => None,
+                }
+            };
+            match values {
+                Some(v) if !v.is_empty() => return Ok(v),
+                Some(_) => {
+                    if reached {
+                        // Two replicas agree there is nothing.
+                        return Ok(Vec::new());
+                    }
+                    reached = true;
+                }
+                None => {}
+            }
+        }
+        if reached {
+            Ok(Vec::new())
+        } else {
+            Err(FailCause::Unavailable { copies: 0 })
+        }
+    }
+
+    /// A data-plane request from another node.
+    async fn data_request(self: Rc<Self>, req: DataRequest) -> DataResponse {
+        let shared = self.shared.clone();
+        match req {
+            DataRequest::Put { epoch, key, value } => {
+                let routing = shared.cluster.routing.load_full();
+                if !routing.is_responsible(&key.id()) {
+                    return DataResponse::Failed(DataFailure::NotResponsible);
+                }
+                if value.len() > shared.cfg.max_value_bytes as usize {
+                    return DataResponse::Failed(DataFailure::TooLarge);
+                }
+                if !epoch.in_client_window(shared.now_epoch()) {
+                    return DataResponse::Failed(DataFailure::Expired);
+                }
+                let stamp = self.stamp();
+                let put = OwnedPut {
+                    epoch,
+                    key,
+                    stamp,
+                    value,
+                };
+                match self.write_replicated(vec![put]).await.pop() {
+                    Some(Ok(copies)) => DataResponse::Stored { copies },
+                    Some(Err(FailCause::Unavailable { copies })) => {
+                        DataResponse::Failed(DataFailure::Quorum { copies })
+                    }
+                    Some(Err(FailCause::TooLarge { .. })) => {
+                        DataResponse::Failed(DataFailure::TooLarge)
+                    }
+                    Some(Err(FailCause::EpochOutOfWindow { .. })) => {
+                        DataResponse::Failed(DataFailure::Expired)
+                    }
+                    Some(Err(FailCause::OverQuota)) => DataResponse::Failed(DataFailure::OverQuota),
+                    _ => DataResponse::Failed(DataFailure::Internal),
+                }
+            }
+            DataRequest::Replicate { records } => {
+                let items: Vec<OwnedPut> = records
+                    .into_iter()
+                    .map(|r| OwnedPut {
+                        epoch: r.epoch,
+                        key: r.key,
+                        stamp: r.stamp,
+                        value: r.value,
+                    })
+                    .collect();
+                let results = self.commit(items).await;
+                match results.iter().find_map(|r| r.as_ref().err()) {
+                    None => DataResponse::Replicated,
+                    // A partition already dropped by GC: nothing to keep, nothing lost.
+                    Some(StoreError::Expired { .. })
+                        if results
+                            .iter()
+                            .all(|r| matches!(r, Ok(()) | Err(StoreError::Expired { .. }))) =>
+                    {
+                        DataResponse::Replicated
+                    }
+                    Some(StoreError::TooLarge { .. }) => {
+                        DataResponse::Failed(DataFailure::TooLarge)
+                    }
+                    Some(StoreError::OverQuota { .. }) => {
+                        DataResponse::Failed(DataFailure::OverQuota)
+                    }
+                    Some(e) => {
+                        tracing::error!(error = %e, "replica write failed");
+                        DataResponse::Failed(DataFailure::Internal)
+                    }
+                }
+            }
+            DataRequest::Get { epoch, key } => match shared.store.get(epoch, &key) {
+                Ok(v) => DataResponse::Values {
+                    values: v.into_iter().map(|s| (s.stamp, s.value)).collect(),
+                },
+                Err(_) => DataResponse::Failed(DataFailure::Internal),
+            },
+            DataRequest::Step { target } => {
+                DataResponse::Step(shared.cluster.routing.load().step(&target))
+            }
+            DataRequest::Offer { epoch, keys, .. } => {
+                let mut want = Vec::new();
+                for k in keys {
+                    let mine = shared.store.get(epoch, &k.key).ok().map(|vs| {
+                        tarn_ring::key_digest(vs.iter().map(|v| (v.stamp, v.value.as_slice())))
+                    });
+                    if mine != Some(k.digest) {
+                        want.push(k.key);
+                    }
+                }
+                DataResponse::Want { keys: want }
+            }
+        }
+    }
+}
+
+/// Serves an inbound node-to-node link on this core: handshake, then ring messages go to the
+/// ring executor and data requests are answered here, concurrently.
+async fn serve_peer(core: Rc<Core>, mut stream: TcpStream, pending: Vec<u8>) {
+    let shared = core.shared.clone();
+    let ident = shared.cluster.ident.clone();
+    let timeout = shared.cfg.frame_timeout;
+    let refused = |reason: &'static str| {
+        shared
+            .metrics
+            .peers_refused
+            .with_label_values(&[reason])
+            .inc();
+    };
+    let Ok(Parsed::Frame(f)) = frame::parse_frame(&pending, ident.max_frame) else {
+        refused("protocol");
+        return;
+    };
+    let len = f.wire_len();
+    let hello = match Decoder::new().decode_peer(&f) {
+        Ok(PeerMessage::Hello(h)) => h,
+        _ => {
+            refused("protocol");
+            return;
+        }
+    };
+    let rest = pending[len..].to_vec();
+    let (info, rest) = match crate::peer::accept(&ident, &mut stream, hello, rest, timeout).await {
+        Ok(x) => x,
+        Err(PeerError::Refused(reason)) => {
+            refused(reason);
+            tracing::warn!(reason, "refused a node-to-node handshake");
+            let _ = stream.close().await;
+            return;
+        }
+        Err(_) => {
+            refused("handshake");
+            let _ = stream.close().await;
+            return;
+        }
+    };
+    shared.cluster.learn(&info);
+    let (r, w) = futures_lite::io::split(stream);
+    let (tx, rx) = local_channel::new_bounded(4096);
+    let alive = Rc::new(Cell::new(true));
+    glommio::spawn_local(crate::peer::write_queue(w, rx, alive.clone())).detach();
+    let mut reader = crate::peer::FrameReader::new(r, &rest, ident.max_frame);
+    let tx = Rc::new(tx);
+    while alive.get() {
+        let (id, msg) = match reader.next().await {
+            Ok(x) => x,
+            Err(PeerError::Protocol(_)) => {
+                refused("garbage");
+                break;
+            }
+            Err(_) => break,
+        };
+        match msg {
+            PeerMessage::Ring(m) => {
+                let from = match &m {
+                    RingMessage::Request { from, .. } | RingMessage::Response { from, .. } => from,
+                };
+                // A peer speaks only for itself.
+                if from.id != info.node.id {
+                    refused("spoofed");
+                    break;
+                }
+                if let Some(ring) = &core.ring_tx {
+                    let _ = ring.try_send(m);
+                }
+            }
+            PeerMessage::Request(req) => {
+                let (core, tx) = (core.clone(), tx.clone());
+                glommio::spawn_local(async move {
+                    let resp = core.data_request(req).await;
+                    let mut buf = Vec::new();
+                    if peer::encode_peer(id, &PeerMessage::Response(resp), &mut buf).is_ok() {
+                        let _ = tx.send(buf).await;
+                    }
+                })
+                .detach();
+            }
+            _ => {
+                refused("protocol");
+                break;
+            }
+        }
     }
 }
 
@@ -281,7 +685,24 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         get_seconds: metrics.storage_seconds.with_label_values(&["get"]),
     };
     let (wake_tx, wake_rx) = local_channel::new_unbounded();
+    let inbox = shared
+        .cluster
+        .inboxes
+        .lock()
+        .ok()
+        .and_then(|mut v| v.get_mut(index).and_then(Option::take));
+    let ring_tx = match inbox {
+        Some(tx) => Some(tx.connect().await),
+        None => None,
+    };
+    let peers = Rc::new(Pool::new(
+        shared.cluster.ident.clone(),
+        Duration::from_millis(500),
+        crate::cluster::link_hook(shared.clone()),
+    ));
     let core = Rc::new(Core {
+        peers,
+        ring_tx,
         conn_limit: shared.cfg.max_connections.div_ceil(shared.cores).max(1),
         shared,
         m,
@@ -370,7 +791,20 @@ async fn refuse(mut stream: TcpStream) {
 async fn serve(core: Rc<Core>, stream: TcpStream, id: u64) {
     core.shared.metrics.connections_open.inc();
     let mut conn = Conn::new(core.clone(), stream);
-    conn.run().await;
+    if conn.run().await {
+        // The first frame was a node-to-node hello: this is a peer link, not a client.
+        let Conn {
+            stream,
+            rbuf,
+            start,
+            end,
+            ..
+        } = conn;
+        serve_peer(core.clone(), stream, rbuf[start..end].to_vec()).await;
+        core.conns.borrow_mut().remove(&id);
+        core.shared.metrics.connections_open.dec();
+        return;
+    }
     core.conns.borrow_mut().remove(&id);
     core.shared.metrics.connections_open.dec();
     drop(conn);
@@ -389,6 +823,8 @@ struct Conn {
     partial_since: Option<Instant>,
     /// Inserts read but not yet committed: (request id, arrival, put).
     pending: Vec<(u64, Instant, OwnedPut)>,
+    /// Requests routed to other nodes: (request id, arrival, reply).
+    routed: Vec<(u64, Instant, glommio::Task<Message>)>,
 }
 
 /// How a connection ends.
@@ -397,6 +833,8 @@ enum End {
     Continue,
     /// Reply written (or attempted); close.
     Close,
+    /// The connection is a node-to-node link; hand it over.
+    Peer,
 }
 
 impl Conn {
@@ -412,6 +850,7 @@ impl Conn {
             hello_done: false,
             partial_since: None,
             pending: Vec::new(),
+            routed: Vec::new(),
         }
     }
 
@@ -436,14 +875,19 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self) {
+    /// Serves the connection; true when it turned out to be a node-to-node link (its first
+    /// frame is left unread in the buffer).
+    async fn run(&mut self) -> bool {
         let cfg = &self.core.shared.cfg;
         let (frame_timeout, idle_timeout) = (cfg.frame_timeout, cfg.idle_timeout);
         let _ = self.stream.set_write_timeout(Some(frame_timeout));
         loop {
             let end = self.process().await;
+            if let End::Peer = end {
+                return true;
+            }
             if !self.flush_out().await {
-                return;
+                return false;
             }
             // Give back memory a burst made us take.
             if self.wbuf.capacity() > MAX_KEPT_BUF {
@@ -456,7 +900,7 @@ impl Conn {
             }
             if let End::Close = end {
                 let _ = self.stream.close().await;
-                return;
+                return false;
             }
             // Make room: compact, then grow up to what the pending frame needs.
             if self.start == self.end {
@@ -481,7 +925,7 @@ impl Conn {
                     Some(left) if !left.is_zero() => left,
                     _ => {
                         self.frame_timed_out().await;
-                        return;
+                        return false;
                     }
                 },
                 // Before the hello a connection is not yet a client: it gets the frame deadline.
@@ -490,15 +934,15 @@ impl Conn {
             };
             let _ = self.stream.set_read_timeout(Some(timeout));
             match self.stream.read(&mut self.rbuf[self.end..]).await {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     if self.partial_since.is_some() {
                         self.frame_timed_out().await;
                     }
-                    return;
+                    return false;
                 }
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
     }
@@ -534,6 +978,11 @@ impl Conn {
             let (request_id, decoded) =
                 match frame::parse_frame(&self.rbuf[self.start..self.end], max) {
                     Ok(Parsed::Incomplete { .. }) => break,
+                    Ok(Parsed::Frame(f))
+                        if !self.hello_done && peer::is_peer_kind(f.header.kind) =>
+                    {
+                        return End::Peer;
+                    }
                     Ok(Parsed::Frame(f)) => {
                         let decoded = self.decoder.decode(&f);
                         self.start += f.wire_len();
@@ -622,6 +1071,16 @@ impl Conn {
                         request_id,
                         &Message::InsertReply(InsertReply::Failed(cause)),
                     );
+                } else if !self.core.is_local(&ins.key) {
+                    let core = self.core.clone();
+                    let task = glommio::spawn_local(async move {
+                        let reply = match core.forward_insert(ins.epoch, ins.key, ins.value).await {
+                            Ok(copies) => InsertReply::Stored { copies },
+                            Err(cause) => InsertReply::Failed(cause),
+                        };
+                        Message::InsertReply(reply)
+                    });
+                    self.routed.push((request_id, arrived, task));
                 } else {
                     let stamp = self.core.stamp();
                     self.pending.push((
@@ -635,6 +1094,33 @@ impl Conn {
                         },
                     ));
                 }
+            }
+            Message::Retrieve(r) if !self.core.alone() => {
+                // Reads after this connection's inserts see them: commit those first.
+                self.commit_pending().await;
+                let core = self.core.clone();
+                let task = glommio::spawn_local(async move {
+                    let reply = match core.clone().routed_get(r.epoch, r.key).await {
+                        Ok(v) if v.is_empty() => {
+                            core.m.retrieve_not_found.inc();
+                            RetrieveReply::NotFound
+                        }
+                        Ok(v) => {
+                            core.m.retrieve_found.inc();
+                            RetrieveReply::Found(v)
+                        }
+                        Err(cause) => {
+                            core.shared
+                                .metrics
+                                .requests
+                                .with_label_values(&["retrieve", cause_label(&cause)])
+                                .inc();
+                            RetrieveReply::Failed(cause)
+                        }
+                    };
+                    Message::RetrieveReply(reply)
+                });
+                self.routed.push((request_id, arrived, task));
             }
             Message::Retrieve(r) => {
                 self.commit_pending().await;
@@ -690,12 +1176,16 @@ impl Conn {
                     .requests
                     .with_label_values(&["node_list", "ok"])
                     .inc();
-                let mut nodes = vec![msg::NodeInfo {
-                    id: shared.node_id,
-                    public_key: shared.public_key,
-                    address: shared.advertise.clone(),
-                }];
-                nodes.truncate(req.max as usize);
+                let nodes = shared
+                    .cluster
+                    .sample(req.max as usize)
+                    .into_iter()
+                    .map(|(n, public_key)| msg::NodeInfo {
+                        id: n.id,
+                        public_key,
+                        address: n.addr,
+                    })
+                    .collect();
                 self.reply(
                     request_id,
                     &Message::NodeListReply(msg::NodeListReply { nodes }),
@@ -726,6 +1216,36 @@ impl Conn {
 
     /// Commits the inserts read so far as one group and writes their replies.
     async fn commit_pending(&mut self) {
+        self.commit_local().await;
+        for (request_id, t, task) in std::mem::take(&mut self.routed) {
+            let reply = task.await;
+            if let Message::InsertReply(r) = &reply {
+                match r {
+                    InsertReply::Stored { .. } => self.core.m.insert_ok.inc(),
+                    InsertReply::Failed(cause) => self
+                        .core
+                        .shared
+                        .metrics
+                        .requests
+                        .with_label_values(&["insert", cause_label(cause)])
+                        .inc(),
+                }
+                self.core
+                    .m
+                    .insert_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            } else {
+                self.core
+                    .m
+                    .retrieve_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+            self.reply(request_id, &reply);
+        }
+    }
+
+    /// Commits the inserts this node is responsible for as one group (replicated).
+    async fn commit_local(&mut self) {
         if self.pending.is_empty() {
             return;
         }
@@ -736,26 +1256,15 @@ impl Conn {
             meta.push((id, t, put.epoch));
             items.push(put);
         }
-        let results = self.core.commit(items).await;
+        let results = self.core.write_replicated(items).await;
         let shared = self.core.shared.clone();
-        for ((request_id, t, epoch), r) in meta.into_iter().zip(results) {
+        for ((request_id, t, _epoch), r) in meta.into_iter().zip(results) {
             let reply = match r {
-                Ok(()) => {
+                Ok(copies) => {
                     self.core.m.insert_ok.inc();
-                    InsertReply::Stored { copies: 1 }
+                    InsertReply::Stored { copies }
                 }
-                Err(e) => {
-                    let cause = match e {
-                        StoreError::TooLarge { max, .. } => FailCause::TooLarge { max },
-                        StoreError::OverQuota { .. } => FailCause::OverQuota,
-                        StoreError::Expired { .. } => FailCause::EpochOutOfWindow {
-                            now: shared.now_epoch(),
-                        },
-                        StoreError::Engine { .. } | StoreError::Corrupt { .. } => {
-                            tracing::error!(error = %e, epoch = epoch.0, "insert failed in the store");
-                            FailCause::Internal
-                        }
-                    };
+                Err(cause) => {
                     shared
                         .metrics
                         .requests
@@ -819,6 +1328,7 @@ fn cause_label(c: &FailCause) -> &'static str {
         FailCause::EpochOutOfWindow { .. } => "epoch_out_of_window",
         FailCause::Overloaded => "overloaded",
         FailCause::Internal => "internal",
+        FailCause::Unavailable { .. } => "unavailable",
     }
 }
 

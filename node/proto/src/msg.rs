@@ -168,6 +168,12 @@ pub enum FailCause {
     Overloaded,
     /// Something inside the node failed (storage error); details are in its logs.
     Internal,
+    /// Fewer copies than the write quorum could be written (or the responsible node could not
+    /// be reached); some copies may exist. Retry, through another node if it persists.
+    Unavailable {
+        /// Copies written.
+        copies: u8,
+    },
 }
 
 impl std::fmt::Display for FailCause {
@@ -182,6 +188,9 @@ impl std::fmt::Display for FailCause {
             }
             FailCause::Overloaded => f.write_str("overloaded"),
             FailCause::Internal => f.write_str("internal error"),
+            FailCause::Unavailable { copies } => {
+                write!(f, "unavailable (only {copies} copies written)")
+            }
         }
     }
 }
