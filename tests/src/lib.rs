@@ -86,9 +86,10 @@ impl Node {
             data_dir.display().to_string(),
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
-            "--cores".into(),
-            "2".into(),
         ];
+        if !args.contains(&"--cores") {
+            full.extend(["--cores".into(), "2".into()]);
+        }
         if !args.contains(&"--listen") {
             full.extend(["--listen".into(), "127.0.0.1:0".into()]);
         }

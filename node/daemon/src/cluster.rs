@@ -329,6 +329,17 @@ fn pump(driver: &Rc<RefCell<Driver>>, pool: &Rc<Pool>, shared: &Arc<Shared>) {
                 "ring neighbourhood changed"
             );
         }
+        // Prove the keys of new neighbours now (NODE_LIST names only members whose key a
+        // handshake proved), instead of when data first flows to them.
+        for n in routing.succs.iter().chain(routing.pred.iter()) {
+            if !shared.cluster.members.contains_key(&n.id) {
+                let (pool, addr) = (pool.clone(), n.addr.clone());
+                glommio::spawn_local(async move {
+                    let _ = pool.link(&addr).await;
+                })
+                .detach();
+            }
+        }
         shared.cluster.routing.store(Arc::new(routing.clone()));
         d.published = routing;
     }

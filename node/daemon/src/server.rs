@@ -323,14 +323,29 @@ impl Core {
     }
 
     /// A read: the responsible node answers; when it has nothing (it may have joined a moment
-    /// ago and not received its handoff yet) or cannot be reached, the next replica does.
+    /// ago and not received its handoff yet) or cannot be reached, the next replica does. When
+    /// no candidate answers (the route still names a node that just died), the read is retried
+    /// on a fresh route while stabilization removes the dead node (bounded).
     async fn routed_get(self: Rc<Self>, epoch: Epoch, key: Key) -> Result<Vec<Vec<u8>>, FailCause> {
+        for attempt in 0..4u64 {
+            if attempt > 0 {
+                glommio::timer::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+            }
+            if let Some(found) = self.clone().get_once(epoch, key).await {
+                return Ok(found);
+            }
+        }
+        Err(FailCause::Unavailable { copies: 0 })
+    }
+
+    async fn get_once(self: Rc<Self>, epoch: Epoch, key: Key) -> Option<Vec<Vec<u8>>> {
         let shared = self.shared.clone();
         let routing = shared.cluster.routing.load_full();
         let timeout = shared.cluster.rpc_timeout;
-        let found = match crate::cluster::find(&self.peers, &routing, &key.id(), timeout).await {
-            Some(f) => f,
-            None => return Err(FailCause::Unavailable { copies: 0 }),
+        let Some(found) = crate::cluster::find(&self.peers, &routing, &key.id(), timeout).await
+        else {
+            tracing::debug!("retrieve: no route to the responsible node");
+            return None;
         };
         if found[0].id != shared.node_id {
             shared
@@ -339,8 +354,28 @@ impl Core {
                 .with_label_values(&["retrieve"])
                 .inc();
         }
+        let replicas = shared.cluster.replicas.max(1);
+        let mut candidates: Vec<tarn_proto::ring::NodeRef> =
+            found.into_iter().take(replicas).collect();
         let mut reached = false;
-        for n in found.iter().take(shared.cluster.replicas.max(1)) {
+        let mut i = 0;
+        while i < candidates.len() {
+            let n = candidates[i].clone();
+            i += 1;
+            if i == candidates.len() && candidates.len() < replicas && !reached {
+                // The route ended before `replicas` nodes (the target's successor was near the
+                // end of a successor list): look up what follows, in case these are dead.
+                let next = candidates[candidates.len() - 1].id.add_pow2(0);
+                if let Some(more) =
+                    crate::cluster::find(&self.peers, &routing, &next, timeout).await
+                {
+                    for m in more {
+                        if candidates.len() < replicas && !candidates.iter().any(|c| c.id == m.id) {
+                            candidates.push(m);
+                        }
+                    }
+                }
+            }
             let values = if n.id == shared.node_id {
                 match shared.store.get(epoch, &key) {
                     Ok(v) => Some(v.into_iter().map(|s| s.value).collect::<Vec<_>>()),
@@ -355,26 +390,25 @@ impl Core {
                     Ok(DataResponse::Values { values }) => {
                         Some(values.into_iter().map(|(_, v)| v).collect())
                     }
-                    _ => None,
+                    other => {
+                        tracing::debug!(peer = %n.addr, ?other, "retrieve: replica did not answer");
+                        None
+                    }
                 }
             };
             match values {
-                Some(v) if !v.is_empty() => return Ok(v),
+                Some(v) if !v.is_empty() => return Some(v),
                 Some(_) => {
                     if reached {
                         // Two replicas agree there is nothing.
-                        return Ok(Vec::new());
+                        return Some(Vec::new());
                     }
                     reached = true;
                 }
                 None => {}
             }
         }
-        if reached {
-            Ok(Vec::new())
-        } else {
-            Err(FailCause::Unavailable { copies: 0 })
-        }
+        reached.then(Vec::new)
     }
 
     /// A data-plane request from another node.
