@@ -358,6 +358,32 @@ impl NodeClient {
             }),
         }
     }
+
+    /// RING_INFO (operator request): the node's predecessor and successor list.
+    pub async fn ring_info(&self) -> Result<tarn_proto::msg::RingInfoReply, ClientError> {
+        match self.request("ring_info", &Message::RingInfo).await? {
+            Message::RingInfoReply(r) => Ok(r),
+            other => Err(ClientError::Unexpected {
+                op: "ring_info",
+                got: other.kind(),
+            }),
+        }
+    }
+
+    /// LOOKUP (operator request): the responsible node for `target` and the route taken.
+    pub async fn lookup(
+        &self,
+        target: tarn_proto::Id,
+    ) -> Result<tarn_proto::msg::LookupReply, ClientError> {
+        let req = Message::Lookup(tarn_proto::msg::LookupRequest { target });
+        match self.request("lookup", &req).await? {
+            Message::LookupReply(r) => Ok(r),
+            other => Err(ClientError::Unexpected {
+                op: "lookup",
+                got: other.kind(),
+            }),
+        }
+    }
 }
 
 struct WaiterGuard<'a> {

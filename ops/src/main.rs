@@ -1,7 +1,7 @@
 //! `tarnctl`: operator and developer commands against a tarn node.
 //!
-//! Exit codes: 0 success; 1 the thing asked for is not there (e.g. `get` found nothing) or the
-//! node refused the request; 2 usage or connection errors.
+//! Exit codes: 0 success; 1 the thing asked for is not there (e.g. `get` found nothing), the
+//! node refused the request, or `ring` saw an invariant violation; 2 usage or connection errors.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -84,11 +84,31 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         max: u32,
     },
-    /// Node id, version, uptime, epoch, time offset and records per epoch.
+    /// Node id, version, uptime, epoch, time offset, records per epoch, and its ring
+    /// position (predecessor, successors).
     Status {
         /// Node address HOST:PORT.
         #[arg(long)]
         node: String,
+    },
+    /// Walk the ring from a node along successor lists; print each member's id, address,
+    /// predecessor and key range in ring order, and every invariant violation seen (a member
+    /// whose successor does not name it as predecessor, unordered or duplicate successor lists,
+    /// unreachable members, a walk that does not close). Exit 1 when there is a violation.
+    Ring {
+        /// Node address HOST:PORT to start from.
+        #[arg(long)]
+        node: String,
+    },
+    /// Ask a node to look up the node responsible for a key; print the route and the replica
+    /// set.
+    Lookup {
+        /// Node address HOST:PORT.
+        #[arg(long)]
+        node: String,
+        /// Key (or any ring id), 64 hex digits.
+        #[arg(long)]
+        key: String,
     },
 }
 
@@ -308,8 +328,178 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         e.epoch.0, e.records, e.bytes
                     );
                 }
+                if let Ok(r) = c.ring_info().await {
+                    println!("ring member  {} (replicas {})", r.member, r.replicas);
+                    match &r.predecessor {
+                        Some(p) => println!("predecessor  {} {}", p.id.to_hex(), p.address),
+                        None => println!("predecessor  none"),
+                    }
+                    for (i, n) in r.successors.iter().enumerate() {
+                        println!("successor {i}  {} {}", n.id.to_hex(), n.address);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Ring { node } => ring_walk(&cli, node).await,
+        Cmd::Lookup { node, key } => {
+            let target =
+                tarn_proto::Id::from_hex(key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+            let c = connect(&cli, node).await?;
+            let r = c.lookup(target).await?;
+            let ok = !r.found.is_empty();
+            if cli.json {
+                let n = |n: &tarn_proto::msg::NodeInfo| json!({"id": n.id.to_hex(), "address": n.address});
+                println!(
+                    "{}",
+                    json!({"target": target.to_hex(), "route": r.route.iter().map(n).collect::<Vec<_>>(),
+                           "found": r.found.iter().map(n).collect::<Vec<_>>()})
+                );
+            } else {
+                for (i, h) in r.route.iter().enumerate() {
+                    println!("hop {i}  {} {}", h.id.to_hex(), h.address);
+                }
+                match r.found.first() {
+                    Some(f) => {
+                        println!("responsible  {} {}", f.id.to_hex(), f.address);
+                        for s in &r.found[1..] {
+                            println!("then         {} {}", s.id.to_hex(), s.address);
+                        }
+                    }
+                    None => println!("lookup failed"),
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
+}
+
+/// Walks the ring along first successors, checking what each member says.
+async fn ring_walk(cli: &Cli, start: &str) -> anyhow::Result<ExitCode> {
+    use tarn_proto::msg::RingInfoReply;
+    let mut members: Vec<RingInfoReply> = Vec::new();
+    let mut violations: Vec<String> = Vec::new();
+    let mut addr = start.to_string();
+    let first = connect(cli, start).await?.ring_info().await?;
+    let start_id = first.me.id;
+    let mut info = first;
+    loop {
+        if !info.member {
+            violations.push(format!(
+                "{} ({}) is not a ring member",
+                info.me.address,
+                info.me.id.short()
+            ));
+        }
+        let me = info.me.id;
+        let mut prev = me;
+        let mut seen = std::collections::HashSet::new();
+        for s in &info.successors {
+            if s.id == me {
+                violations.push(format!("{} lists itself as a successor", info.me.address));
+            }
+            if !seen.insert(s.id) {
+                violations.push(format!("{} lists {} twice", info.me.address, s.address));
+            }
+            if prev != me && !s.id.in_open(&prev, &me) && s.id != me {
+                violations.push(format!(
+                    "{}: successor list out of ring order at {}",
+                    info.me.address, s.address
+                ));
+            }
+            prev = s.id;
+        }
+        let next = info.successors.first().cloned();
+        members.push(info);
+        let Some(next) = next else { break };
+        if next.id == start_id {
+            break;
+        }
+        if members.len() > 4096 || members.iter().any(|m| m.me.id == next.id) {
+            violations.push(format!(
+                "the walk from {start} does not return to it (a loop or a split ring)"
+            ));
+            break;
+        }
+        addr = next.address.clone();
+        match connect(cli, &addr).await {
+            Ok(c) => match c.ring_info().await {
+                Ok(i) => info = i,
+                Err(e) => {
+                    violations.push(format!("{addr} did not answer: {e}"));
+                    break;
+                }
+            },
+            Err(e) => {
+                violations.push(format!("{addr} is unreachable: {e}"));
+                break;
+            }
+        }
+    }
+    // Each member's successor must name it as predecessor; ids must go round exactly once.
+    let n = members.len();
+    let mut wraps = 0;
+    for i in 0..n {
+        let (a, b) = (&members[i], &members[(i + 1) % n]);
+        if n > 1 && b.predecessor.as_ref().map(|p| p.id) != Some(a.me.id) {
+            violations.push(format!(
+                "{} follows {} but names {} as predecessor",
+                b.me.address,
+                a.me.address,
+                b.predecessor
+                    .as_ref()
+                    .map_or("nobody".to_string(), |p| p.address.clone())
+            ));
+        }
+        if b.me.id <= a.me.id {
+            wraps += 1;
+        }
+    }
+    if n > 1 && wraps != 1 {
+        violations.push(format!(
+            "member ids wrap around {wraps} times (a disordered ring)"
+        ));
+    }
+    let _ = addr;
+    if cli.json {
+        let list: Vec<_> = members
+            .iter()
+            .map(|m| {
+                json!({"id": m.me.id.to_hex(), "address": m.me.address,
+                       "predecessor": m.predecessor.as_ref().map(|p| p.id.to_hex()),
+                       "range": {"after": m.predecessor.as_ref().map(|p| p.id.to_hex()), "upto": m.me.id.to_hex()},
+                       "successors": m.successors.iter().map(|s| s.id.to_hex()).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!("{}", json!({"members": list, "violations": violations}));
+    } else {
+        for m in &members {
+            let pred = m
+                .predecessor
+                .as_ref()
+                .map_or("none".to_string(), |p| p.id.short());
+            println!(
+                "{} {:<21} pred {} range ({}, {}] successors {}",
+                m.me.id.to_hex(),
+                m.me.address,
+                pred,
+                pred,
+                m.me.id.short(),
+                m.successors.len()
+            );
+        }
+        for v in &violations {
+            println!("VIOLATION {v}");
+        }
+        println!("{} members, {} violations", members.len(), violations.len());
+    }
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

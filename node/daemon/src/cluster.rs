@@ -133,6 +133,40 @@ pub fn link_hook(shared: Arc<Shared>) -> Box<dyn Fn(&PeerInfo, Result<(), &PeerE
     })
 }
 
+/// [`find`], also returning the nodes asked on the way (this node first).
+pub async fn find_traced(
+    pool: &Pool,
+    routing: &Routing,
+    target: &Id,
+    hop_timeout: Duration,
+) -> (Vec<NodeRef>, Option<Vec<NodeRef>>) {
+    let mut route = vec![routing.me.clone()];
+    let mut answer = routing.step(target);
+    for _ in 0..64 {
+        let candidates = match answer {
+            RingResponse::Found { succs } if !succs.is_empty() => return (route, Some(succs)),
+            RingResponse::Closer { candidates } if !candidates.is_empty() => candidates,
+            _ => return (route, None),
+        };
+        let mut next = None;
+        for c in &candidates {
+            if let Ok(DataResponse::Step(r)) = pool
+                .request(&c.addr, &DataRequest::Step { target: *target }, hop_timeout)
+                .await
+            {
+                route.push(c.clone());
+                next = Some(r);
+                break;
+            }
+        }
+        match next {
+            Some(r) => answer = r,
+            None => return (route, None),
+        }
+    }
+    (route, None)
+}
+
 /// Iterative lookup from a core: the snapshot answers when the target lies within the successor
 /// list; otherwise `Step` hops go to the closest known nodes, falling back along each answer's
 /// candidates when a hop fails.
@@ -142,26 +176,10 @@ pub async fn find(
     target: &Id,
     hop_timeout: Duration,
 ) -> Option<Vec<NodeRef>> {
-    let mut answer = routing.step(target);
-    for _ in 0..64 {
-        let candidates = match answer {
-            RingResponse::Found { succs } if !succs.is_empty() => return Some(succs),
-            RingResponse::Closer { candidates } if !candidates.is_empty() => candidates,
-            _ => return None,
-        };
-        let mut next = None;
-        for c in &candidates {
-            if let Ok(DataResponse::Step(r)) = pool
-                .request(&c.addr, &DataRequest::Step { target: *target }, hop_timeout)
-                .await
-            {
-                next = Some(r);
-                break;
-            }
-        }
-        answer = next?;
+    if let Some(found) = routing.resolve(target) {
+        return Some(found);
     }
-    None
+    find_traced(pool, routing, target, hop_timeout).await.1
 }
 
 /// The ring executor's state.

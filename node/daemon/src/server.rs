@@ -1225,6 +1225,39 @@ impl Conn {
                     &Message::NodeListReply(msg::NodeListReply { nodes }),
                 );
             }
+            Message::RingInfo => {
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["ring_info", "ok"])
+                    .inc();
+                self.reply(request_id, &Message::RingInfoReply(ring_info(&shared)));
+            }
+            Message::Lookup(l) => {
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["lookup", "ok"])
+                    .inc();
+                let core = self.core.clone();
+                let task = glommio::spawn_local(async move {
+                    let shared = core.shared.clone();
+                    let routing = shared.cluster.routing.load_full();
+                    let (route, found) = crate::cluster::find_traced(
+                        &core.peers,
+                        &routing,
+                        &l.target,
+                        shared.cluster.rpc_timeout,
+                    )
+                    .await;
+                    let info = |n: tarn_proto::ring::NodeRef| node_info(&shared, n);
+                    Message::LookupReply(msg::LookupReply {
+                        route: route.into_iter().map(info).collect(),
+                        found: found.unwrap_or_default().into_iter().map(info).collect(),
+                    })
+                });
+                self.routed.push((request_id, arrived, task));
+            }
             Message::Status => {
                 self.commit_pending().await;
                 shared
@@ -1350,6 +1383,42 @@ pub fn status(shared: &Shared) -> msg::StatusReply {
                 bytes: e.bytes,
             })
             .collect(),
+    }
+}
+
+/// A ring member as clients see it (public key zero when no handshake proved it yet).
+fn node_info(shared: &Shared, n: tarn_proto::ring::NodeRef) -> msg::NodeInfo {
+    let public_key = if n.id == shared.node_id {
+        shared.public_key
+    } else {
+        shared
+            .cluster
+            .members
+            .get(&n.id)
+            .map(|e| e.1)
+            .unwrap_or([0; 32])
+    };
+    msg::NodeInfo {
+        id: n.id,
+        public_key,
+        address: n.addr,
+    }
+}
+
+/// The node's ring neighbourhood.
+pub fn ring_info(shared: &Shared) -> msg::RingInfoReply {
+    let r = shared.cluster.routing.load_full();
+    msg::RingInfoReply {
+        me: node_info(shared, r.me.clone()),
+        member: r.member,
+        predecessor: r.pred.clone().map(|p| node_info(shared, p)),
+        successors: r
+            .succs
+            .iter()
+            .cloned()
+            .map(|s| node_info(shared, s))
+            .collect(),
+        replicas: shared.cluster.replicas as u8,
     }
 }
 

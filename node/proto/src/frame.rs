@@ -237,7 +237,10 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) -> Result<(), E
         Message::HelloAck(m) => archive(m, out),
         Message::Insert(m) => archive(m, out),
         Message::Retrieve(m) => archive(m, out),
-        Message::TimeSync | Message::Status => Ok(()),
+        Message::TimeSync | Message::Status | Message::RingInfo => Ok(()),
+        Message::Lookup(m) => archive(m, out),
+        Message::RingInfoReply(m) => archive(m, out),
+        Message::LookupReply(m) => archive(m, out),
         Message::NodeList(m) => archive(m, out),
         Message::InsertReply(m) => archive(m, out),
         Message::RetrieveReply(m) => archive(m, out),
@@ -365,6 +368,15 @@ impl Decoder {
             Kind::TimeReply => Message::TimeReply(body!(msg::TimeReply)),
             Kind::NodeListReply => Message::NodeListReply(body!(msg::NodeListReply)),
             Kind::StatusReply => Message::StatusReply(body!(msg::StatusReply)),
+            Kind::RingInfo => {
+                if !bytes.is_empty() {
+                    return Err(invalid("expected an empty body".into()));
+                }
+                Message::RingInfo
+            }
+            Kind::Lookup => Message::Lookup(body!(msg::LookupRequest)),
+            Kind::RingInfoReply => Message::RingInfoReply(body!(msg::RingInfoReply)),
+            Kind::LookupReply => Message::LookupReply(body!(msg::LookupReply)),
             Kind::Error => Message::Error(body!(msg::ErrorReply)),
         })
     }

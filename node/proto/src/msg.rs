@@ -46,6 +46,10 @@ pub enum Kind {
     NodeList = 0x13,
     /// Operator: ask for the node's status.
     Status = 0x14,
+    /// Operator: ask for the node's ring neighbourhood.
+    RingInfo = 0x15,
+    /// Operator: look up the node responsible for an id, with the route taken.
+    Lookup = 0x16,
     /// Reply to [`Kind::Insert`].
     InsertReply = 0x20,
     /// Reply to [`Kind::Retrieve`].
@@ -56,6 +60,10 @@ pub enum Kind {
     NodeListReply = 0x23,
     /// Reply to [`Kind::Status`].
     StatusReply = 0x24,
+    /// Reply to [`Kind::RingInfo`].
+    RingInfoReply = 0x25,
+    /// Reply to [`Kind::Lookup`].
+    LookupReply = 0x26,
     /// A request could not be handled at the protocol level (bad body, unknown kind, …).
     Error = 0x2f,
 }
@@ -71,11 +79,15 @@ impl Kind {
             0x12 => Kind::TimeSync,
             0x13 => Kind::NodeList,
             0x14 => Kind::Status,
+            0x15 => Kind::RingInfo,
+            0x16 => Kind::Lookup,
             0x20 => Kind::InsertReply,
             0x21 => Kind::RetrieveReply,
             0x22 => Kind::TimeReply,
             0x23 => Kind::NodeListReply,
             0x24 => Kind::StatusReply,
+            0x25 => Kind::RingInfoReply,
+            0x26 => Kind::LookupReply,
             0x2f => Kind::Error,
             _ => return None,
         })
@@ -260,6 +272,37 @@ pub struct EpochStat {
     pub bytes: u64,
 }
 
+/// Reply to RING_INFO (an operator request): the node's view of its neighbourhood.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RingInfoReply {
+    /// The node itself.
+    pub me: NodeInfo,
+    /// Whether it is a ring member (bootstrapped or joined).
+    pub member: bool,
+    /// Its predecessor, if known.
+    pub predecessor: Option<NodeInfo>,
+    /// Its successor list, nearest first. Public keys not yet proven by a handshake are zero.
+    pub successors: Vec<NodeInfo>,
+    /// Copies kept of every record.
+    pub replicas: u8,
+}
+
+/// LOOKUP (an operator request): find the node responsible for `target`.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LookupRequest {
+    /// The id looked up (a key's ring position).
+    pub target: Id,
+}
+
+/// Reply to LOOKUP.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LookupReply {
+    /// Nodes asked, in order (the first is the node that answered the request itself).
+    pub route: Vec<NodeInfo>,
+    /// The responsible node and its successors (the replica set first), or empty on failure.
+    pub found: Vec<NodeInfo>,
+}
+
 /// Reply to STATUS (an operator request).
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct StatusReply {
@@ -350,6 +393,14 @@ pub enum Message {
     NodeListReply(NodeListReply),
     /// See [`StatusReply`].
     StatusReply(StatusReply),
+    /// RING_INFO has no body.
+    RingInfo,
+    /// See [`LookupRequest`].
+    Lookup(LookupRequest),
+    /// See [`RingInfoReply`].
+    RingInfoReply(RingInfoReply),
+    /// See [`LookupReply`].
+    LookupReply(LookupReply),
     /// See [`ErrorReply`].
     Error(ErrorReply),
 }
@@ -370,6 +421,10 @@ impl Message {
             Message::TimeReply(_) => Kind::TimeReply,
             Message::NodeListReply(_) => Kind::NodeListReply,
             Message::StatusReply(_) => Kind::StatusReply,
+            Message::RingInfo => Kind::RingInfo,
+            Message::Lookup(_) => Kind::Lookup,
+            Message::RingInfoReply(_) => Kind::RingInfoReply,
+            Message::LookupReply(_) => Kind::LookupReply,
             Message::Error(_) => Kind::Error,
         }
     }

@@ -7,5 +7,5 @@ mod scenario;
 
 pub use hops::{route_stats, RouteStats};
 pub use net::{node_id, Sim, SimNet};
-pub use records::DataConfig;
+pub use records::{Acked, DataConfig};
 pub use scenario::{run_scenario, Outcome, Scenario};

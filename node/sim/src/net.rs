@@ -97,8 +97,8 @@ pub struct Sim {
     pub(crate) data_cfg: DataConfig,
     pub(crate) ops: HashMap<u64, Op>,
     pub(crate) next_op: u64,
-    /// Inserts acknowledged to the client: `(epoch, key, value)`.
-    pub acked: Vec<(tarn_proto::Epoch, tarn_proto::Key, Vec<u8>)>,
+    /// Inserts acknowledged to the client.
+    pub acked: Vec<crate::records::Acked>,
     /// Values sent by anti-entropy repair.
     pub repairs_sent: u64,
     /// Finished user lookups: (node, lookup id) -> (result, hops).

@@ -79,6 +79,20 @@ enum Reply {
     Local { op: u64 },
 }
 
+/// An insert acknowledged to the client.
+#[derive(Clone, Debug)]
+pub struct Acked {
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its key.
+    pub key: Key,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Copies the acknowledgement reported: `replicas`, or fewer when the responsible node knew
+    /// fewer live members (a ring smaller than `replicas`).
+    pub copies: usize,
+}
+
 /// An insert in flight, as the simulated client sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct Op {
@@ -252,7 +266,7 @@ impl Sim {
 
     fn answer_put(&mut self, addr: &str, reply: Reply, result: Result<usize, DataFailure>) {
         match reply {
-            Reply::Local { op } => self.finish_op(op, result.is_ok()),
+            Reply::Local { op } => self.finish_op(op, result.ok()),
             Reply::Remote { to, rpc } => {
                 let resp = match result {
                     Ok(copies) => DataResponse::Stored {
@@ -265,10 +279,16 @@ impl Sim {
         }
     }
 
-    fn finish_op(&mut self, op: u64, ok: bool) {
+    fn finish_op(&mut self, op: u64, copies: Option<usize>) {
         if let Some(o) = self.ops.remove(&op) {
-            if ok {
-                self.acked.push(o.record);
+            if let Some(copies) = copies {
+                let (epoch, key, value) = o.record;
+                self.acked.push(Acked {
+                    epoch,
+                    key,
+                    value,
+                    copies,
+                });
             }
         }
     }
@@ -364,8 +384,11 @@ impl Sim {
         };
         match call {
             Call::Entry { op } => {
-                let ok = matches!(resp, DataResponse::Stored { .. });
-                self.finish_op(op, ok);
+                let copies = match resp {
+                    DataResponse::Stored { copies } => Some(copies as usize),
+                    _ => None,
+                };
+                self.finish_op(op, copies);
             }
             Call::Replica { coord } => {
                 let ok = matches!(resp, DataResponse::Replicated);
@@ -427,7 +450,7 @@ impl Sim {
         }
         for (_, call) in expired {
             match call {
-                Call::Entry { op } => self.finish_op(op, false),
+                Call::Entry { op } => self.finish_op(op, None),
                 Call::Replica { coord } => self.coord_progress(addr, coord, false),
                 Call::Offer { .. } | Call::Ignore => {}
             }

@@ -81,6 +81,8 @@ pub struct Outcome {
     pub states: Vec<String>,
     /// Inserts acknowledged to clients (each checked: never lost, converged to its replicas).
     pub acked: usize,
+    /// Of those, acknowledged with fewer than `replicas` copies (the ring was smaller).
+    pub under_replicated: usize,
     /// Values moved by anti-entropy repair.
     pub repaired: u64,
 }
@@ -164,7 +166,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         let t = sim.now() + 100 + rng.below(1500);
         sim.run_until(t);
         let live = sim.live();
-        check_not_lost(&sim, &mut violations);
+        check_not_lost(&sim, sc.data.replicas, &mut violations);
         insert_some(&mut sim, &mut rng, sc.records_per_event);
         match rng.below(6) {
             0 | 1 if dead.len() + 1 < r && live.len() > 1 => {
@@ -185,6 +187,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                     .count();
                 let victim_is_member = sim.ring(&victim).is_some_and(|r| r.is_member());
                 if !victim_is_member || members >= 2 {
+                    trace(&sim, format_args!("crash {victim}"));
                     sim.crash(&victim);
                     fragile_since.insert(victim.clone(), sim.now());
                     dead.push(victim);
@@ -199,6 +202,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                     .collect();
                 let id = sim.ring(&back).expect("known").me().id;
                 fragile_since.insert(back.clone(), sim.now());
+                trace(&sim, format_args!("restart {back}"));
                 sim.start(&back, id, Command::Join { via });
             }
             3 => {
@@ -209,6 +213,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
                 let a = addr(next_index);
                 next_index += 1;
                 fragile_since.insert(a.clone(), sim.now());
+                trace(&sim, format_args!("join {a}"));
                 sim.start(&a, node_id(sc.seed, &a), Command::Join { via });
             }
             4 => {
@@ -235,7 +240,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
         }
     }
 
-    check_not_lost(&sim, &mut violations);
+    check_not_lost(&sim, sc.data.replicas, &mut violations);
     // Settle: check every second until the invariants hold or time runs out.
     let start = sim.now();
     let mut converge_ms = None;
@@ -364,6 +369,11 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
     states.sort();
     Outcome {
         acked: sim.acked.len(),
+        under_replicated: sim
+            .acked
+            .iter()
+            .filter(|a| a.copies < sc.data.replicas)
+            .count(),
         repaired: sim.repairs_sent,
         violations,
         converge_ms,
@@ -396,10 +406,13 @@ fn insert_some(sim: &mut Sim, rng: &mut Rng, n: usize) {
     }
 }
 
-/// Every acknowledged record is held by at least one live node.
-fn check_not_lost(sim: &Sim, violations: &mut Vec<String>) {
+/// Every record acknowledged with `replicas` copies is held by at least one live node. (A
+/// record acknowledged with fewer copies — by a node that knew fewer live members — is
+/// protected against fewer failures; the churn does not respect that smaller bound.)
+fn check_not_lost(sim: &Sim, replicas: usize, violations: &mut Vec<String>) {
     let live = sim.live();
-    for (epoch, key, value) in &sim.acked {
+    for a in sim.acked.iter().filter(|a| a.copies >= replicas) {
+        let (epoch, key, value) = (&a.epoch, &a.key, &a.value);
         if !live.iter().any(|a| sim.holds(a, *epoch, key, value)) {
             violations.push(format!(
                 "acknowledged record {} of epoch {} lost at t={} ms",
@@ -420,7 +433,12 @@ fn check_replicated(sim: &Sim, replicas: usize) -> Vec<String> {
         .collect();
     live.sort();
     let mut v = Vec::new();
-    for (epoch, key, value) in &sim.acked {
+    for a in &sim.acked {
+        let (epoch, key, value) = (&a.epoch, &a.key, &a.value);
+        if a.copies < replicas && !live.iter().any(|(_, n)| sim.holds(n, *epoch, key, value)) {
+            // Under-replicated and lost with its only holders: outside the promise.
+            continue;
+        }
         let target = key.id();
         let first = live.iter().position(|(id, _)| *id >= target).unwrap_or(0);
         for k in 0..replicas.min(live.len()) {
@@ -472,4 +490,30 @@ fn fragile_run(sim: &Sim, fragile: &HashMap<String, u64>, victim: &str) -> usize
         run += 1;
     }
     run.min(n)
+}
+
+/// With `TARN_SIM_TRACE` set, prints a churn event and who holds each acknowledged record.
+fn trace(sim: &Sim, what: std::fmt::Arguments<'_>) {
+    if std::env::var_os("TARN_SIM_TRACE").is_none() {
+        return;
+    }
+    let live = sim.live();
+    let mut ring: Vec<(Id, String)> = live
+        .iter()
+        .map(|a| (sim.ring(a).expect("live").me().id, a.clone()))
+        .collect();
+    ring.sort();
+    println!(
+        "t={} {what}; ring {:?}",
+        sim.now(),
+        ring.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>()
+    );
+    for a in &sim.acked {
+        let (epoch, key, value) = (&a.epoch, &a.key, &a.value);
+        let holders: Vec<&String> = live
+            .iter()
+            .filter(|a| sim.holds(a, *epoch, key, value))
+            .collect();
+        println!("    {} held by {holders:?}", key.id().short());
+    }
 }
