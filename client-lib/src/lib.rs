@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bootstrap;
 pub mod node;
 
+pub use bootstrap::{BootstrapError, BootstrapList, BootstrapNode, VouchedNode};
 pub use node::{ClientError, ClientErrorKind, NodeClient, NodeOptions};

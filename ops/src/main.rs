@@ -100,6 +100,21 @@ enum Cmd {
         #[arg(long)]
         node: String,
     },
+    /// Operator-signed bootstrap lists (addresses + public keys) that clients pin.
+    #[command(subcommand)]
+    Bootstrap(BootstrapCmd),
+    /// Drain the tarnd whose data directory is given: SIGTERM to the PID in its `tarnd.pid`
+    /// (it hands its records to its successors, leaves the ring, finishes what it has read and
+    /// exits); waits for the exit. Needs the rights to signal the process (run as its user or
+    /// root). Under systemd, `systemctl stop tarnd` does the same.
+    Drain {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// Seconds to wait for the exit.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Ask a node to look up the node responsible for a key; print the route and the replica
     /// set.
     Lookup {
@@ -109,6 +124,41 @@ enum Cmd {
         /// Key (or any ring id), 64 hex digits.
         #[arg(long)]
         key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BootstrapCmd {
+    /// Create an operator key (ed25519, mode 0600); prints its public key, which clients pin.
+    Keygen {
+        /// Where to write the key (refuses to overwrite).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Sign a list of the members a node knows (NODE_LIST: each key proven by a handshake).
+    Sign {
+        /// The operator key file.
+        #[arg(long)]
+        operator_key: std::path::PathBuf,
+        /// A member to ask for the list.
+        #[arg(long)]
+        node: String,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 32)]
+        max: u32,
+        /// Where to write the list.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Verify a list against a pinned operator public key; print its nodes. Exit 1 when it
+    /// does not verify.
+    Verify {
+        /// The list file.
+        #[arg(long)]
+        list: std::path::PathBuf,
+        /// The operator's public key, 64 hex digits.
+        #[arg(long)]
+        operator: String,
     },
 }
 
@@ -342,6 +392,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ring { node } => ring_walk(&cli, node).await,
+        Cmd::Bootstrap(b) => bootstrap(&cli, b).await,
+        Cmd::Drain { data_dir, wait } => drain(&cli, data_dir, *wait).await,
         Cmd::Lookup { node, key } => {
             let target =
                 tarn_proto::Id::from_hex(key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
@@ -502,4 +554,172 @@ async fn ring_walk(cli: &Cli, start: &str) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn read_operator_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let secret: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{}: not an operator key (32 bytes)", path.display()))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&secret))
+}
+
+async fn bootstrap(cli: &Cli, cmd: &BootstrapCmd) -> anyhow::Result<ExitCode> {
+    use tarn_client::{BootstrapList, BootstrapNode};
+    match cmd {
+        BootstrapCmd::Keygen { out } => {
+            let secret: [u8; 32] = rand::random();
+            let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+            write_private(out, &secret)?;
+            let public = hex::encode(key.verifying_key().to_bytes());
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"key_file": out.display().to_string(), "operator": public})
+                );
+            } else {
+                println!("operator key  {}", out.display());
+                println!("public key    {public}   (clients pin this)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BootstrapCmd::Sign {
+            operator_key,
+            node,
+            max,
+            out,
+        } => {
+            let key = read_operator_key(operator_key)?;
+            let c = connect(cli, node).await?;
+            let nodes: Vec<BootstrapNode> = c
+                .node_list(*max)
+                .await?
+                .nodes
+                .into_iter()
+                .filter(|n| n.public_key != [0; 32])
+                .map(|n| BootstrapNode {
+                    address: n.address,
+                    public_key: hex::encode(n.public_key),
+                })
+                .collect();
+            if nodes.is_empty() {
+                anyhow::bail!("{node} named no member with a proven key");
+            }
+            let list = BootstrapList::sign(&key, &cli.network, unix_now(), nodes);
+            std::fs::write(out, list.to_toml())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"list": out.display().to_string(), "nodes": list.nodes.len()})
+                );
+            } else {
+                println!("signed {} nodes into {}", list.nodes.len(), out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BootstrapCmd::Verify { list, operator } => {
+            let mut pinned = [0u8; 32];
+            hex::decode_to_slice(operator, &mut pinned)
+                .map_err(|e| anyhow::anyhow!("--operator: {e}"))?;
+            let text = std::fs::read_to_string(list)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", list.display()))?;
+            let verified =
+                BootstrapList::parse(&text).and_then(|l| l.verify(&pinned, &cli.network));
+            match verified {
+                Ok(nodes) => {
+                    if cli.json {
+                        let v: Vec<_> = nodes
+                            .iter()
+                            .map(|n| json!({"id": n.id.to_hex(), "address": n.address, "public_key": hex::encode(n.public_key)}))
+                            .collect();
+                        println!("{}", json!({"valid": true, "nodes": v}));
+                    } else {
+                        for n in &nodes {
+                            println!(
+                                "{} {} {}",
+                                n.id.to_hex(),
+                                n.address,
+                                hex::encode(n.public_key)
+                            );
+                        }
+                        println!("{}: valid, {} nodes", list.display(), nodes.len());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if cli.json {
+                        println!("{}", json!({"valid": false, "problem": e.to_string()}));
+                    } else {
+                        println!("{}: INVALID: {e}", list.display());
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+async fn drain(cli: &Cli, data_dir: &std::path::Path, wait: u64) -> anyhow::Result<ExitCode> {
+    let pid_file = data_dir.join(tarn_node::PID_FILE);
+    let text = std::fs::read_to_string(&pid_file)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (is tarnd running there?)", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{}: not a PID", pid_file.display()))?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "tarnd" {
+        anyhow::bail!(
+            "PID {pid} from {} is not a running tarnd",
+            pid_file.display()
+        );
+    }
+    // SAFETY: kill(2) with a PID read from tarnd's own PID file and checked above.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        anyhow::bail!(
+            "cannot signal PID {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let started = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(wait) {
+            anyhow::bail!("tarnd (PID {pid}) still running after {wait} s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        println!("{}", json!({"drained": true, "pid": pid, "seconds": secs}));
+    } else {
+        println!("tarnd (PID {pid}) handed its records over and stopped in {secs:.1} s");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -390,3 +390,163 @@ async fn garbage_and_replayed_peer_messages_are_refused_without_harm() {
         );
     }
 }
+
+#[tokio::test]
+async fn tarnctl_walks_the_ring_and_shows_a_route() {
+    let mut dirs = Vec::new();
+    let mut nodes = vec![start(&mut dirs, &[], "")];
+    for _ in 1..4 {
+        let join = vec![nodes[0].addr.clone()];
+        nodes.push(start(&mut dirs, &join, ""));
+    }
+    converge(
+        &nodes.iter().collect::<Vec<_>>(),
+        4,
+        Duration::from_secs(30),
+    )
+    .await;
+    // The walk may briefly see a predecessor not yet rectified; it settles within seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let walk = loop {
+        let out = std::process::Command::new(tarn_tests::bin("tarnctl"))
+            .args(["ring", "--node", &nodes[2].addr, "--json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if out.status.code() == Some(0) || Instant::now() > deadline {
+            break (out.status.code(), v);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(walk.0, Some(0), "{}", walk.1);
+    let members = walk.1["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4);
+    assert!(walk.1["violations"].as_array().unwrap().is_empty());
+    // Members in ring order starting at the node asked, each naming the one before it.
+    let mut ids: Vec<String> = nodes.iter().map(|n| n.node_id.clone()).collect();
+    ids.sort();
+    let start_at = ids.iter().position(|i| *i == nodes[2].node_id).unwrap();
+    for (k, m) in members.iter().enumerate() {
+        assert_eq!(m["id"], ids[(start_at + k) % 4]);
+        assert_eq!(m["predecessor"], ids[(start_at + k + 3) % 4]);
+    }
+    // A lookup names the responsible node: the first id at or after the key.
+    let target = "8".repeat(64);
+    let out = std::process::Command::new(tarn_tests::bin("tarnctl"))
+        .args([
+            "lookup",
+            "--node",
+            &nodes[0].addr,
+            "--key",
+            &target,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = ids
+        .iter()
+        .find(|i| i.as_str() >= target.as_str())
+        .unwrap_or(&ids[0]);
+    assert_eq!(&v["found"][0]["id"], want);
+    // An operator signs the members a node knows; clients verify against the pinned key.
+    let ops = tempfile::tempdir().unwrap();
+    let tarnctl = |args: &[&str]| {
+        std::process::Command::new(tarn_tests::bin("tarnctl"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let key = ops.path().join("operator.key");
+    let list = ops.path().join("bootstrap.toml");
+    let out = tarnctl(&[
+        "bootstrap",
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let operator = v["operator"].as_str().unwrap().to_string();
+    let out = tarnctl(&[
+        "bootstrap",
+        "sign",
+        "--operator-key",
+        key.to_str().unwrap(),
+        "--node",
+        &nodes[1].addr,
+        "--out",
+        list.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |operator: &str| {
+        tarnctl(&[
+            "bootstrap",
+            "verify",
+            "--list",
+            list.to_str().unwrap(),
+            "--operator",
+            operator,
+            "--json",
+        ])
+    };
+    let out = verify(&operator);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<String> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed, ids,
+        "the list names every member with its proven key"
+    );
+    assert_eq!(verify(&"ab".repeat(32)).status.code(), Some(1));
+    let text = std::fs::read_to_string(&list).unwrap();
+    std::fs::write(&list, text.replacen("127.0.0.1", "127.0.0.9", 1)).unwrap();
+    assert_eq!(
+        verify(&operator).status.code(),
+        Some(1),
+        "an altered list is refused"
+    );
+
+    // Killing a member makes the walk report it (exit 1), not hang or crash.
+    let victim = ids[(start_at + 1) % 4].clone();
+    let k = nodes.iter().position(|n| n.node_id == victim).unwrap();
+    nodes[k].kill9();
+    let out = std::process::Command::new(tarn_tests::bin("tarnctl"))
+        .args(["ring", "--node", &nodes[2].addr, "--json", "--timeout", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // tarnctl drain: the node hands over, leaves and exits 0.
+    let d = (k + 1) % 4;
+    let out = tarnctl(&["drain", "--data-dir", nodes[d].data_dir.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(nodes[d].wait(Duration::from_secs(10)), Some(0));
+    assert!(nodes[d]
+        .logs()
+        .contains("handed records over before leaving"));
+    assert!(!nodes[d].data_dir.join("tarnd.pid").exists());
+}

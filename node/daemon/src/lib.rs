@@ -9,3 +9,6 @@ pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod timesync;
+
+/// File in the data directory holding the running tarnd's PID (for `tarnctl drain`).
+pub const PID_FILE: &str = "tarnd.pid";

@@ -282,6 +282,10 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
             shared.advertise
         );
     }
+    let pid_file = cfg.data_dir.join(tarn_node::PID_FILE);
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(error = %e, "cannot write the PID file; tarnctl drain will not find this node");
+    }
     // One machine-readable line on stdout for scripts and tests.
     let metrics_addr = metrics_server
         .as_ref()
@@ -329,6 +333,7 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
         let _ = t.join();
     }
     store.sync().context("final WAL sync")?;
+    let _ = std::fs::remove_file(&pid_file);
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -12,6 +12,23 @@ use tarn_store::Store;
 
 use crate::timesync::Clock;
 
+/// Reasons a node-to-node handshake or link is refused (label values of
+/// `tarn_peer_handshakes_refused_total`).
+pub const PEER_REFUSALS: &[&str] = &[
+    "version",
+    "network",
+    "epoch_len",
+    "identity",
+    "self",
+    "signature",
+    "secret",
+    "protocol",
+    "handshake",
+    "garbage",
+    "spoofed",
+    "refused_by_peer",
+];
+
 /// All of tarnd's metrics, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -485,17 +502,32 @@ impl Metrics {
                     "over_quota",
                     "epoch_out_of_window",
                     "internal",
+                    "unavailable",
                 ][..],
             ),
-            ("retrieve", &["found", "not_found", "internal"][..]),
+            (
+                "retrieve",
+                &["found", "not_found", "internal", "unavailable"][..],
+            ),
             ("time_sync", &["ok"][..]),
             ("node_list", &["ok"][..]),
             ("status", &["ok"][..]),
+            ("ring_info", &["ok"][..]),
+            ("lookup", &["ok"][..]),
             ("hello", &["ok"][..]),
         ] {
             for o in outcomes {
                 m.requests.with_label_values(&[ty, o]);
             }
+        }
+        for reason in PEER_REFUSALS {
+            m.peers_refused.with_label_values(&[reason]);
+        }
+        for ty in ["insert", "retrieve"] {
+            m.forwarded.with_label_values(&[ty]);
+        }
+        for o in ["ok", "failed"] {
+            m.replica_writes.with_label_values(&[o]);
         }
         for op in ["put_batch", "get", "wal_sync"] {
             m.storage_seconds.with_label_values(&[op]);
