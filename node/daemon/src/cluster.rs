@@ -116,7 +116,7 @@ fn now_ms(shared: &Shared) -> u64 {
 }
 
 /// A link-event hook that keeps the member table and metrics.
-pub fn link_hook(shared: Arc<Shared>) -> Box<dyn Fn(&PeerInfo, Result<(), &PeerError>)> {
+pub fn link_hook(shared: Arc<Shared>) -> crate::peer::LinkHook {
     Box::new(move |info, r| match r {
         Ok(()) => {
             shared.metrics.peers_connected.inc();

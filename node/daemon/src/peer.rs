@@ -513,13 +513,16 @@ impl Link {
     }
 }
 
+/// Hears of every outgoing link established (`Ok`) or refused.
+pub type LinkHook = Box<dyn Fn(&PeerInfo, Result<(), &PeerError>)>;
+
 /// Outgoing links of one executor, one per peer address.
 pub struct Pool {
     ident: std::sync::Arc<PeerIdent>,
     links: RefCell<HashMap<String, Rc<Link>>>,
     dialing: RefCell<HashMap<String, u32>>,
     connect_timeout: Duration,
-    on_link: Box<dyn Fn(&PeerInfo, Result<(), &PeerError>)>,
+    on_link: LinkHook,
 }
 
 impl std::fmt::Debug for Pool {
@@ -535,7 +538,7 @@ impl Pool {
     pub fn new(
         ident: std::sync::Arc<PeerIdent>,
         connect_timeout: Duration,
-        on_link: Box<dyn Fn(&PeerInfo, Result<(), &PeerError>)>,
+        on_link: LinkHook,
     ) -> Pool {
         Pool {
             ident,

@@ -34,18 +34,33 @@ pub(crate) fn responsible(me: &Id, pred: Option<&NodeRef>, succs: &[NodeRef], id
     }
 }
 
+/// What a lookup hop needs to know about the answering node.
+#[derive(Clone, Copy)]
+pub(crate) struct StepView<'a> {
+    pub(crate) me: &'a NodeRef,
+    pub(crate) member: bool,
+    pub(crate) pred: Option<&'a NodeRef>,
+    pub(crate) succs: &'a [NodeRef],
+    pub(crate) succ_list_len: usize,
+    pub(crate) fanout: usize,
+}
+
 /// One lookup hop evaluated at a node: `Found` when the target's successor is this node or
-/// within its successor list, else the known nodes closest before the target.
+/// within its successor list, else the known nodes (`others`: fingers) closest before the
+/// target.
 pub(crate) fn step_answer<'a>(
-    me: &NodeRef,
-    member: bool,
-    pred: Option<&NodeRef>,
-    succs: &'a [NodeRef],
+    v: &StepView<'a>,
     others: impl Iterator<Item = &'a NodeRef>,
-    succ_list_len: usize,
-    fanout: usize,
     target: &Id,
 ) -> RingResponse {
+    let StepView {
+        me,
+        member,
+        pred,
+        succs,
+        succ_list_len,
+        fanout,
+    } = *v;
     if !member {
         return RingResponse::Closer {
             candidates: Vec::new(),
@@ -105,16 +120,15 @@ impl Routing {
 
     /// One lookup hop evaluated here (the answer to a `FindStep`).
     pub fn step(&self, target: &Id) -> RingResponse {
-        step_answer(
-            &self.me,
-            self.member,
-            self.pred.as_ref(),
-            &self.succs,
-            self.fingers.iter(),
-            self.succ_list_len,
-            self.fanout,
-            target,
-        )
+        let view = StepView {
+            me: &self.me,
+            member: self.member,
+            pred: self.pred.as_ref(),
+            succs: &self.succs,
+            succ_list_len: self.succ_list_len,
+            fanout: self.fanout,
+        };
+        step_answer(&view, self.fingers.iter(), target)
     }
 
     /// The nodes that hold copies of what this node is responsible for besides itself: its

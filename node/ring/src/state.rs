@@ -567,16 +567,15 @@ impl Ring {
 
     /// One lookup step evaluated here.
     fn local_step(&self, target: &Id) -> RingResponse {
-        crate::routing::step_answer(
-            &self.me,
-            self.phase == Phase::Member,
-            self.pred.as_ref(),
-            &self.succs,
-            self.fingers.iter().flatten(),
-            self.cfg.succ_list_len,
-            self.cfg.fanout,
-            target,
-        )
+        let view = crate::routing::StepView {
+            me: &self.me,
+            member: self.phase == Phase::Member,
+            pred: self.pred.as_ref(),
+            succs: &self.succs,
+            succ_list_len: self.cfg.succ_list_len,
+            fanout: self.cfg.fanout,
+        };
+        crate::routing::step_answer(&view, self.fingers.iter().flatten(), target)
     }
 
     /// A snapshot for the request cores (see [`Routing`](crate::Routing)).
