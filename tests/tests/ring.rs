@@ -212,10 +212,25 @@ async fn a_node_without_the_network_secret_cannot_join() {
         std::slice::from_ref(&n0.addr),
         "network_secret = \"guess\"\n",
     );
+    // Same secret, another epoch length: a different network in all but name.
+    let other_epoch = start(
+        &mut dirs,
+        std::slice::from_ref(&n0.addr),
+        &format!("{secret}epoch_secs = 60\n"),
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     converge(&[&n0, &n1], 2, Duration::from_secs(5)).await;
     converge(&[&stranger], 1, Duration::from_secs(5)).await;
     converge(&[&wrong], 1, Duration::from_secs(5)).await;
+    converge(&[&other_epoch], 1, Duration::from_secs(5)).await;
+    assert!(
+        metric(
+            &n0.scrape(),
+            "tarn_peer_handshakes_refused_total{reason=\"epoch_len\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
     let refused: f64 = ["secret", "handshake"]
         .iter()
         .filter_map(|r| {

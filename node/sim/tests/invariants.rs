@@ -115,6 +115,16 @@ fn regression_seed_9_joining_node_does_not_truncate_lists() {
     assert_ok(&Scenario::new(9, 11, 20));
 }
 
+/// Seed 1890 (2 nodes) once reported acknowledged records lost: a node that believed itself
+/// alone acknowledged them with one copy and crashed at once. The acknowledgement said
+/// `copies: 1`, which is the promise in a ring smaller than `replicas`; the check now holds
+/// records to the copies their acknowledgement reported, and counts such records apart.
+#[test]
+fn regression_seed_1890_lone_acknowledgements_say_one_copy() {
+    let o = assert_ok(&Scenario::new(1890, 2, 20));
+    assert!(o.under_replicated > 0, "the run acknowledges while alone");
+}
+
 #[test]
 fn runs_replay_exactly() {
     let sc = Scenario::new(4242, 20, 20);
