@@ -36,7 +36,7 @@ load() {
   "$B/tarn-load" --target "tarn://$1" --conns "$CONNS" --pipeline "$PIPELINE" --insert-pct "$INSERT_PCT" \
     --value-bytes "$VALUE" --keys "$KEYS" --duration "${SECS}s" --json
 }
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])[sys.argv[2]]))" "$1" "$2"; }
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); every tarnd --cores 1, unpinned"
 echo "profile: ${CONNS}x${PIPELINE}, ${INSERT_PCT}% inserts, ${VALUE} B values, ${KEYS} keys, ${ROUNDS} rounds x ${SECS}s interleaved"
