@@ -15,18 +15,19 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-start() { # name join -> prints address
+started=""
+start() { # name join; sets $started to the node's address
   local out="$work/$1.out"
   "$B/tarnd" --data-dir "$work/$1" --listen 127.0.0.1:0 --metrics-listen off --cores 1 --log warn \
     ${2:+--join "$2"} > "$out" 2> "$work/$1.err" &
   pids+=($!)
   for _ in $(seq 1 100); do grep -q "tarnd ready" "$out" 2>/dev/null && break; sleep 0.1; done
-  sed -E 's/.*listen=([^ ]+).*/\1/' "$out"
+  started=$(sed -E 's/.*listen=([^ ]+).*/\1/' "$out")
 }
 
-single=$(start single "")
-r0=$(start r0 "")
-for i in 1 2 3; do start "r$i" "$r0" >/dev/null; done
+start single ""; single="$started"
+start r0 ""; r0="$started"
+for i in 1 2 3; do start "r$i" "$r0"; done
 for _ in $(seq 1 100); do
   n=$("$B/tarnctl" nodes --node "$r0" --json | grep -o '"address"' | wc -l)
   [ "$n" -ge 4 ] && break; sleep 0.2

@@ -40,7 +40,7 @@ for i in $(seq 0 $((size - 1))); do
   join=()
   [ "$i" -gt 0 ] && join=(--join "$first")
   "$bin/tarnd" --data-dir "$data/n$i" --listen "$addr" \
-    --metrics-listen "127.0.0.1:$((9400 + i))" "${join[@]}" >/dev/null 2> >(sed "s/^/[n$i] /" >&2) &
+    --metrics-listen "127.0.0.1:$((9400 + i))" "${join[@]}" >/dev/null 2> >(trap '' INT TERM; exec sed -u "s/^/[n$i] /" >&2) &
   pids+=($!)
   wait_up "$addr" "${pids[-1]}"
 done
@@ -49,7 +49,7 @@ echo
 echo "== $size tarnd node(s) up (pids ${pids[*]}). Waiting for the ring to settle..."
 for _ in $(seq 1 60); do
   n=$("$bin/tarnctl" nodes --node "$first" --json | grep -o '"address"' | wc -l)
-  [ "$n" -ge "$size" ] && break
+  [ "$n" -ge "$size" ] && "$bin/tarnctl" ring --node "$first" >/dev/null 2>&1 && break
   sleep 0.5
 done
 last="127.0.0.1:$((base + size - 1))"

@@ -511,6 +511,20 @@ async fn ring_walk(cli: &Cli, start: &str) -> anyhow::Result<ExitCode> {
             wraps += 1;
         }
     }
+    // Zave's invariant: every list holds min(r, n - 1) entries (for a closed walk).
+    let closed = !violations.iter().any(|v| {
+        v.contains("does not return") || v.contains("unreachable") || v.contains("did not answer")
+    });
+    for m in &members {
+        let want = (m.succ_list_len as usize).min(n.saturating_sub(1));
+        if closed && m.successors.len() < want {
+            violations.push(format!(
+                "{} holds {} successors, the ring of {n} needs {want}",
+                m.me.address,
+                m.successors.len()
+            ));
+        }
+    }
     if n > 1 && wraps != 1 {
         violations.push(format!(
             "member ids wrap around {wraps} times (a disordered ring)"

@@ -1419,6 +1419,7 @@ pub fn ring_info(shared: &Shared) -> msg::RingInfoReply {
             .map(|s| node_info(shared, s))
             .collect(),
         replicas: shared.cluster.replicas as u8,
+        succ_list_len: r.succ_list_len.min(255) as u8,
     }
 }
 

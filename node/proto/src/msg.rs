@@ -285,6 +285,8 @@ pub struct RingInfoReply {
     pub successors: Vec<NodeInfo>,
     /// Copies kept of every record.
     pub replicas: u8,
+    /// Successor list length `r` (a healthy list holds `min(r, members - 1)` entries).
+    pub succ_list_len: u8,
 }
 
 /// LOOKUP (an operator request): find the node responsible for `target`.
