@@ -352,11 +352,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|e| json!({"epoch": e.epoch.0, "records": e.records, "bytes": e.bytes}))
                     .collect();
+                let ring = c.ring_info().await.ok().map(|r| {
+                    json!({"member": r.member, "replicas": r.replicas,
+                           "predecessor": r.predecessor.as_ref().map(|p| json!({"id": p.id.to_hex(), "address": p.address})),
+                           "successors": r.successors.iter().map(|n| json!({"id": n.id.to_hex(), "address": n.address})).collect::<Vec<_>>()})
+                });
                 println!(
                     "{}",
                     json!({"node_id": s.node_id.to_hex(), "version": s.version, "uptime_secs": s.uptime_secs,
                            "epoch_len_secs": s.epoch_len_secs, "epoch": s.now_epoch.0, "time_offset_ns": s.time_offset_ns,
-                           "ntp_synced": s.ntp_synced, "cores": s.cores, "epochs": epochs})
+                           "ntp_synced": s.ntp_synced, "cores": s.cores, "epochs": epochs, "ring": ring})
                 );
             } else {
                 println!("node_id      {}", s.node_id.to_hex());

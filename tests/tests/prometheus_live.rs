@@ -69,9 +69,16 @@ fn get(addr: &str, path: &str) -> Option<serde_json::Value> {
 
 #[test]
 fn live_prometheus_scrapes_tarnd_and_every_dashboard_query_runs() {
+    // The operator guide's monitored 3-node ring: one node starts the ring, two join it.
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&dir.path().join("node"), &[]);
-    let target = node.metrics.clone().expect("metrics enabled");
+    let n0 = Node::start(&dir.path().join("n0"), &[]);
+    let n1 = Node::start(&dir.path().join("n1"), &["--join", &n0.addr]);
+    let n2 = Node::start(&dir.path().join("n2"), &["--join", &n0.addr]);
+    let targets: Vec<String> = [&n0, &n1, &n2]
+        .iter()
+        .map(|n| format!("\"{}\"", n.metrics.clone().expect("metrics enabled")))
+        .collect();
+    let target = targets.join(", ");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -88,7 +95,7 @@ fn live_prometheus_scrapes_tarnd_and_every_dashboard_query_runs() {
         &cfg,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [tarn.rules.yml]\n\
-             scrape_configs:\n  - job_name: tarn\n    static_configs:\n      - targets: [\"{target}\"]\n"
+             scrape_configs:\n  - job_name: tarn\n    static_configs:\n      - targets: [{target}]\n"
         ),
     )
     .unwrap();
@@ -124,6 +131,27 @@ fn live_prometheus_scrapes_tarnd_and_every_dashboard_query_runs() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(value, "1");
+    // The ring as Prometheus sees it: three members, each with both others as successors.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = |e: &str| {
+            get(&web, &format!("/api/v1/query?query={}", encode(e))).and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(String::from)
+            })
+        };
+        let members = q("sum(tarn_ring_member)");
+        let fewest = q("min(tarn_ring_successors)");
+        if members.as_deref() == Some("3") && fewest.as_deref() == Some("2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw a 3-node ring: members {members:?}, fewest successors {fewest:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // Let rates have two samples.
     std::thread::sleep(Duration::from_secs(3));
 

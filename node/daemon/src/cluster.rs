@@ -312,6 +312,13 @@ fn pump(driver: &Rc<RefCell<Driver>>, pool: &Rc<Pool>, shared: &Arc<Shared>) {
     while let Some(action) = d.ring.poll_action() {
         match action {
             Action::Send { to, msg } => {
+                if let RingMessage::Request {
+                    body: tarn_ring::RingRequest::GetState,
+                    ..
+                } = &msg
+                {
+                    shared.metrics.ring_stabilize_rounds.inc();
+                }
                 let pool = pool.clone();
                 glommio::spawn_local(async move { pool.send_ring(&to, msg).await }).detach();
             }

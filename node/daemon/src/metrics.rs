@@ -52,6 +52,10 @@ pub struct Metrics {
     pub ring_predecessor: IntGauge,
     /// Distinct finger nodes.
     pub ring_fingers: IntGauge,
+    /// Stabilize rounds started (requests for the first successor's state).
+    pub ring_stabilize_rounds: IntCounter,
+    /// Inserts waiting for or in a group commit, by `core`.
+    pub commit_queue: IntGaugeVec,
     /// Membership changes seen (successor list or predecessor), each triggering handoff.
     pub ring_changes: IntCounter,
     /// Peer handshakes refused, by `reason`.
@@ -217,6 +221,25 @@ impl Metrics {
             ring_fingers: reg(
                 &r,
                 IntGauge::new("tarn_ring_fingers", "Distinct finger nodes").expect("valid"),
+            ),
+            ring_stabilize_rounds: reg(
+                &r,
+                IntCounter::new(
+                    "tarn_ring_stabilize_rounds_total",
+                    "Stabilize rounds started (GetState to the first successor)",
+                )
+                .expect("valid"),
+            ),
+            commit_queue: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tarn_commit_queue_inserts",
+                        "Inserts waiting for or in a group commit, by core",
+                    ),
+                    &["core"],
+                )
+                .expect("valid"),
             ),
             ring_changes: reg(
                 &r,

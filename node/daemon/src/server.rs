@@ -115,6 +115,7 @@ struct CoreMetrics {
     retrieve_seconds: prometheus::Histogram,
     put_seconds: prometheus::Histogram,
     get_seconds: prometheus::Histogram,
+    commit_queue: prometheus::IntGauge,
 }
 
 /// One core's state. Lives in an `Rc` on its executor; nothing here is shared across threads.
@@ -170,6 +171,14 @@ impl Core {
     }
 
     async fn commit(&self, items: Vec<OwnedPut>) -> Vec<Result<(), StoreError>> {
+        let n = items.len();
+        self.m.commit_queue.add(n as i64);
+        let results = self.commit_queued(items).await;
+        self.m.commit_queue.sub(n as i64);
+        results
+    }
+
+    async fn commit_queued(&self, items: Vec<OwnedPut>) -> Vec<Result<(), StoreError>> {
         let n = items.len();
         let (tx, rx) = futures_channel::oneshot::channel();
         self.queue.borrow_mut().push(Job { items, done: tx });
@@ -717,6 +726,9 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         retrieve_seconds: metrics.request_seconds.with_label_values(&["retrieve"]),
         put_seconds: metrics.storage_seconds.with_label_values(&["put_batch"]),
         get_seconds: metrics.storage_seconds.with_label_values(&["get"]),
+        commit_queue: metrics
+            .commit_queue
+            .with_label_values(&[&index.to_string()]),
     };
     let (wake_tx, wake_rx) = local_channel::new_unbounded();
     let inbox = shared
