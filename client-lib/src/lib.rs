@@ -6,4 +6,4 @@ pub mod node;
 pub mod record;
 
 pub use bootstrap::{BootstrapError, BootstrapList, BootstrapNode, VouchedNode};
-pub use node::{ClientError, ClientErrorKind, NodeClient, NodeOptions};
+pub use node::{Channel, ClientError, ClientErrorKind, NodeClient, NodeOptions};

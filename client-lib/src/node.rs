@@ -29,6 +29,24 @@ pub struct NodeOptions {
     pub timeout: Duration,
     /// Largest reply body accepted.
     pub max_frame_bytes: u32,
+    /// Encrypted (the default) or plaintext.
+    pub channel: Channel,
+}
+
+/// How requests travel to the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// A Noise NK channel to the node's key: everything after the handshake is encrypted and
+    /// authenticated. `node_key` is the node's ed25519 public key from a signed bootstrap list
+    /// or a NODE_LIST entry; `None` trusts the key the node presents in a plaintext hello on
+    /// the same connection (trust on first use: an on-path attacker at that moment could
+    /// impersonate the node).
+    Encrypted {
+        /// The node's ed25519 public key, if known.
+        node_key: Option<[u8; 32]>,
+    },
+    /// The plaintext protocol (nodes accept it from loopback clients by default).
+    Plaintext,
 }
 
 impl Default for NodeOptions {
@@ -38,6 +56,7 @@ impl Default for NodeOptions {
             epoch_len_secs: 0,
             timeout: Duration::from_secs(10),
             max_frame_bytes: 1 << 20,
+            channel: Channel::Encrypted { node_key: None },
         }
     }
 }
@@ -88,6 +107,9 @@ pub enum ClientError {
     /// The request could not be encoded.
     #[error("encoding: {0}")]
     Encode(#[from] frame::EncodeError),
+    /// The encrypted channel could not be set up (wrong node key, or tampering).
+    #[error("encrypted channel: {0}")]
+    Channel(String),
 }
 
 /// Coarse classification, for retry decisions.
@@ -111,7 +133,8 @@ impl ClientError {
             ClientError::Timeout { .. } => ClientErrorKind::Timeout,
             ClientError::Refused { .. }
             | ClientError::Unexpected { .. }
-            | ClientError::Encode(_) => ClientErrorKind::Refused,
+            | ClientError::Encode(_)
+            | ClientError::Channel(_) => ClientErrorKind::Refused,
         }
     }
 }
@@ -127,6 +150,8 @@ pub struct NodeClient {
     next_id: AtomicU64,
     hello: HelloAck,
     timeout: Duration,
+    encrypted: bool,
+    tofu: bool,
     reader: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -157,78 +182,123 @@ impl NodeClient {
             })?;
         stream.set_nodelay(true).ok();
         let (mut rd, mut wr) = stream.into_split();
-
-        let hello = Message::Hello(tarn_proto::msg::Hello {
+        let timeout = opts.timeout;
+        let hello_msg = Message::Hello(tarn_proto::msg::Hello {
             version: tarn_proto::PROTOCOL_VERSION,
             network: opts.network,
             epoch_len_secs: opts.epoch_len_secs,
         });
-        let mut buf = frame::encode_to_vec(0, &hello)?;
-        let closed = |_| ClientError::Closed { op: "hello" };
-        tokio::time::timeout(opts.timeout, wr.write_all(&buf))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                op: "hello",
-                timeout: opts.timeout,
-            })?
-            .map_err(closed)?;
-
-        // Read exactly the hello reply; anything after it stays in `buf` for the reader task.
-        buf.clear();
+        let mut buf = Vec::new();
         let mut decoder = Decoder::new();
-        let ack = tokio::time::timeout(opts.timeout, async {
-            loop {
-                match frame::parse_frame(&buf, opts.max_frame_bytes) {
-                    Ok(Parsed::Frame(f)) => {
-                        let len = f.wire_len();
-                        let msg = decoder
-                            .decode(&f)
-                            .map_err(|_| ClientError::Closed { op: "hello" })?;
-                        buf.drain(..len);
-                        return Ok(msg);
-                    }
-                    Ok(Parsed::Incomplete { .. }) => {}
-                    Err(_) => return Err(ClientError::Closed { op: "hello" }),
-                }
-                let mut chunk = [0u8; 4096];
-                let n = rd.read(&mut chunk).await.map_err(closed)?;
-                if n == 0 {
-                    return Err(ClientError::Closed { op: "hello" });
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-        })
-        .await
-        .map_err(|_| ClientError::Timeout {
-            op: "hello",
-            timeout: opts.timeout,
-        })??;
-        let hello = match ack {
-            Message::HelloAck(a) => a,
-            Message::Error(e) => {
-                return Err(ClientError::Refused {
-                    op: "hello",
-                    code: e.code,
-                    detail: e.detail,
-                })
-            }
-            other => {
-                return Err(ClientError::Unexpected {
-                    op: "hello",
-                    got: other.kind(),
-                })
-            }
+        let (pinned, plaintext_hello) = match &opts.channel {
+            Channel::Plaintext => (None, true),
+            Channel::Encrypted { node_key: Some(k) } => (Some(*k), false),
+            Channel::Encrypted { node_key: None } => (None, true),
         };
+        let mut hello = None;
+        if plaintext_hello {
+            let out = frame::encode_to_vec(0, &hello_msg)?;
+            let ack = within(timeout, "hello", async {
+                wr.write_all(&out)
+                    .await
+                    .map_err(|_| ClientError::Closed { op: "hello" })?;
+                let (kind, id, body) = read_frame(&mut rd, &mut buf, opts.max_frame_bytes).await?;
+                decode_as(&mut decoder, kind, id, &body)
+            })
+            .await?;
+            hello = Some(expect_ack(ack)?);
+        }
+        let mut cipher = None;
+        let tofu = matches!(opts.channel, Channel::Encrypted { node_key: None });
+        if let Channel::Encrypted { .. } = opts.channel {
+            let node_key = pinned
+                .or(hello.as_ref().map(|h| h.public_key))
+                .expect("a key is pinned or learned");
+            let remote = ed25519_dalek::VerifyingKey::from_bytes(&node_key)
+                .map_err(|_| {
+                    ClientError::Channel("the node key is not a valid ed25519 key".into())
+                })?
+                .to_montgomery()
+                .to_bytes();
+            let params: snow::params::NoiseParams = tarn_proto::noise::NOISE_PARAMS
+                .parse()
+                .map_err(|_| ClientError::Channel("noise parameters".into()))?;
+            let mut hs = snow::Builder::new(params)
+                .remote_public_key(&remote)
+                .build_initiator()
+                .map_err(|e| ClientError::Channel(e.to_string()))?;
+            let hello_frame = frame::encode_to_vec(0, &hello_msg)?;
+            let mut m1 = vec![0u8; hello_frame.len() + 128];
+            let n = hs
+                .write_message(&hello_frame[frame::HEADER_LEN..], &mut m1)
+                .map_err(|e| ClientError::Channel(e.to_string()))?;
+            let mut out = Vec::new();
+            tarn_proto::noise::raw_frame(
+                tarn_proto::noise::KIND_NOISE_HELLO,
+                0,
+                &m1[..n],
+                &mut out,
+            );
+            let ack = within(timeout, "handshake", async {
+                wr.write_all(&out)
+                    .await
+                    .map_err(|_| ClientError::Closed { op: "handshake" })?;
+                let (kind, id, body) = read_frame(&mut rd, &mut buf, opts.max_frame_bytes).await?;
+                if kind != tarn_proto::noise::KIND_NOISE_HELLO_ACK {
+                    // A plaintext refusal (wrong network, …) or nonsense.
+                    return decode_as(&mut decoder, kind, id, &body);
+                }
+                let mut payload = vec![0u8; body.len()];
+                let p = hs.read_message(&body, &mut payload).map_err(|_| {
+                    ClientError::Channel("the node's handshake reply does not verify".into())
+                })?;
+                decode_as(
+                    &mut decoder,
+                    tarn_proto::Kind::HelloAck as u8,
+                    id,
+                    &payload[..p],
+                )
+            })
+            .await?;
+            let ack = expect_ack(ack)?;
+            if ack.public_key != node_key {
+                return Err(ClientError::Channel(
+                    "the node presented another key than the one it proved".into(),
+                ));
+            }
+            hello = Some(ack);
+            cipher = Some(Arc::new(
+                hs.into_stateless_transport_mode()
+                    .map_err(|e| ClientError::Channel(e.to_string()))?,
+            ));
+        }
+        let hello = hello.expect("a hello was exchanged");
 
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let write_timeout = opts.timeout;
         let writer_waiters = waiters.clone();
+        let write_cipher = cipher.clone();
         let writer = tokio::spawn(async move {
+            let mut nonce = 0u64;
             while let Some(first) = out_rx.recv().await {
                 let mut batch = first;
                 while let Ok(more) = out_rx.try_recv() {
                     batch.extend_from_slice(&more);
+                }
+                if let Some(c) = &write_cipher {
+                    let mut sealed = Vec::with_capacity(batch.len() + 64);
+                    for chunk in batch.chunks(tarn_proto::noise::MAX_NOISE_PLAINTEXT) {
+                        let at = tarn_proto::noise::begin_data_frame(&mut sealed);
+                        sealed.resize(at + chunk.len() + tarn_proto::noise::NOISE_TAG, 0);
+                        let Ok(n) = c.write_message(nonce, chunk, &mut sealed[at..]) else {
+                            break;
+                        };
+                        nonce += 1;
+                        sealed.truncate(at + n);
+                        tarn_proto::noise::finish_data_frame(&mut sealed, at);
+                    }
+                    batch = sealed;
                 }
                 // A node that stops reading must not make us queue without bound.
                 match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
@@ -239,16 +309,34 @@ impl NodeClient {
             // The connection is unusable: fail every waiter now, and later requests at once.
             lock(&writer_waiters).take();
         });
-        let reader = tokio::spawn(read_loop(rd, buf, waiters.clone(), opts.max_frame_bytes));
+        let reader = tokio::spawn(read_loop(
+            rd,
+            buf,
+            waiters.clone(),
+            opts.max_frame_bytes,
+            cipher.clone(),
+        ));
         Ok(NodeClient {
             out,
             waiters,
             next_id: AtomicU64::new(1),
             hello,
             timeout: opts.timeout,
+            encrypted: cipher.is_some(),
+            tofu: tofu && cipher.is_some(),
             reader,
             writer,
         })
+    }
+
+    /// Whether requests travel over the encrypted channel.
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Whether the node's key was taken from its own hello (trust on first use).
+    pub fn trusted_on_first_use(&self) -> bool {
+        self.tofu
     }
 
     /// The node's answer to our hello (its id, public key, epoch length, limits).
@@ -401,13 +489,46 @@ impl Drop for WaiterGuard<'_> {
 
 async fn read_loop(
     mut rd: tokio::net::tcp::OwnedReadHalf,
-    mut buf: Vec<u8>,
+    pending: Vec<u8>,
     waiters: Waiters,
     max: u32,
+    cipher: Option<Arc<snow::StatelessTransportState>>,
 ) {
     let mut decoder = Decoder::new();
     let mut start = 0;
+    let mut nonce = 0u64;
+    // With the encrypted channel, `raw` collects ciphertext frames and `buf` their plaintext.
+    let mut raw = Vec::new();
+    let mut buf = Vec::new();
+    if cipher.is_some() {
+        raw = pending;
+    } else {
+        buf = pending;
+    }
     'outer: loop {
+        if let Some(c) = &cipher {
+            let mut used = 0;
+            loop {
+                match frame::parse_frame(&raw[used..], tarn_proto::noise::MAX_NOISE_MESSAGE as u32)
+                {
+                    Ok(Parsed::Frame(f)) if f.header.kind == tarn_proto::noise::KIND_NOISE_DATA => {
+                        let old = buf.len();
+                        buf.resize(old + f.body.len(), 0);
+                        match c.read_message(nonce, f.body, &mut buf[old..]) {
+                            Ok(n) => buf.truncate(old + n),
+                            Err(_) => break 'outer,
+                        }
+                        nonce += 1;
+                        used += f.wire_len();
+                    }
+                    Ok(Parsed::Incomplete { .. }) => break,
+                    // A plaintext frame here is the node refusing the channel; either way the
+                    // connection is over.
+                    _ => break 'outer,
+                }
+            }
+            raw.drain(..used);
+        }
         loop {
             match frame::parse_frame(&buf[start..], max) {
                 Ok(Parsed::Frame(f)) => {
@@ -437,13 +558,85 @@ async fn read_loop(
         }
         buf.drain(..start);
         start = 0;
-        let old = buf.len();
-        buf.resize(old + 16 * 1024, 0);
-        match rd.read(&mut buf[old..]).await {
+        let target = if cipher.is_some() { &mut raw } else { &mut buf };
+        let old = target.len();
+        target.resize(old + 16 * 1024, 0);
+        match rd.read(&mut target[old..]).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.truncate(old + n),
+            Ok(n) => target.truncate(old + n),
         }
     }
     // Dropping the senders fails every waiter with Closed.
     lock(&waiters).take();
+}
+
+async fn within<T>(
+    timeout: Duration,
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| ClientError::Timeout { op, timeout })?
+}
+
+/// Reads exactly one frame; bytes after it stay in `buf`.
+async fn read_frame(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut Vec<u8>,
+    max: u32,
+) -> Result<(u8, u64, Vec<u8>), ClientError> {
+    loop {
+        match frame::parse_frame(buf, max.max(tarn_proto::noise::MAX_NOISE_MESSAGE as u32)) {
+            Ok(Parsed::Frame(f)) => {
+                let out = (f.header.kind, f.header.request_id, f.body.to_vec());
+                let len = f.wire_len();
+                buf.drain(..len);
+                return Ok(out);
+            }
+            Ok(Parsed::Incomplete { .. }) => {}
+            Err(_) => return Err(ClientError::Closed { op: "hello" }),
+        }
+        let mut chunk = [0u8; 4096];
+        let n = rd
+            .read(&mut chunk)
+            .await
+            .map_err(|_| ClientError::Closed { op: "hello" })?;
+        if n == 0 {
+            return Err(ClientError::Closed { op: "hello" });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn decode_as(
+    decoder: &mut Decoder,
+    kind: u8,
+    id: u64,
+    body: &[u8],
+) -> Result<Message, ClientError> {
+    let header = frame::Header {
+        body_len: body.len() as u32,
+        version: tarn_proto::PROTOCOL_VERSION,
+        kind,
+        request_id: id,
+    };
+    decoder
+        .decode(&frame::RawFrame { header, body })
+        .map_err(|_| ClientError::Closed { op: "hello" })
+}
+
+fn expect_ack(msg: Message) -> Result<HelloAck, ClientError> {
+    match msg {
+        Message::HelloAck(a) => Ok(a),
+        Message::Error(e) => Err(ClientError::Refused {
+            op: "hello",
+            code: e.code,
+            detail: e.detail,
+        }),
+        other => Err(ClientError::Unexpected {
+            op: "hello",
+            got: other.kind(),
+        }),
+    }
 }

@@ -8,6 +8,17 @@ use std::time::Duration;
 use clap::Parser;
 use tarn_store::WalPolicy;
 
+/// Which clients may use the plaintext protocol (without the Noise NK channel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlaintextPolicy {
+    /// Clients on loopback (127.0.0.0/8, ::1) only: local tools and benchmarks.
+    Loopback,
+    /// Every client (a private deployment that encrypts below tarn).
+    Allow,
+    /// No client: every request must come over the encrypted channel.
+    Deny,
+}
+
 /// Every option, resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -35,6 +46,9 @@ pub struct Config {
     pub network_secret: String,
     /// Copies of every record (the responsible node and its next `replicas - 1` successors).
     pub replicas: usize,
+    /// Which clients may skip the encrypted channel (a plaintext hello is always answered, so
+    /// a client can learn the node's key on first use).
+    pub client_plaintext: PlaintextPolicy,
     /// Interval of the periodic anti-entropy repair.
     pub repair_interval: Duration,
     /// Interval of the ring's stabilize rounds.
@@ -84,6 +98,7 @@ impl Default for Config {
             join: Vec::new(),
             network_secret: String::new(),
             replicas: 3,
+            client_plaintext: PlaintextPolicy::Loopback,
             repair_interval: Duration::from_secs(30),
             stabilize_interval: Duration::from_millis(500),
             max_value_bytes: 1024,
@@ -190,6 +205,7 @@ pub const KEYS: &[&str] = &[
     "join",
     "network_secret",
     "replicas",
+    "client_plaintext",
     "repair_interval_ms",
     "stabilize_interval_ms",
     "max_value_bytes",
@@ -249,6 +265,14 @@ impl Loader {
                 "join" => c.join = split_list(raw),
                 "network_secret" => c.network_secret = raw.to_string(),
                 "replicas" => c.replicas = parse_num(raw)?,
+                "client_plaintext" => {
+                    c.client_plaintext = match raw {
+                        "loopback" => PlaintextPolicy::Loopback,
+                        "allow" => PlaintextPolicy::Allow,
+                        "deny" => PlaintextPolicy::Deny,
+                        _ => return Err(format!("{raw:?} is not one of loopback, allow, deny")),
+                    }
+                }
                 "repair_interval_ms" => c.repair_interval = Duration::from_millis(parse_num(raw)?),
                 "stabilize_interval_ms" => {
                     c.stabilize_interval = Duration::from_millis(parse_num(raw)?)

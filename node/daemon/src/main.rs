@@ -95,7 +95,9 @@ fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     }
     cmp!(listen => "listen", advertise => "advertise", data_dir => "data_dir", metrics_listen => "metrics_listen",
          network => "network", epoch_secs => "epoch_secs", grace_epochs => "grace_epochs", cores => "cores",
-         cpus => "cpus", join => "join", max_value_bytes => "max_value_bytes",
+         cpus => "cpus", join => "join", client_plaintext => "client_plaintext",
+         network_secret => "network_secret", replicas => "replicas", repair_interval => "repair_interval_ms",
+         stabilize_interval => "stabilize_interval_ms", max_value_bytes => "max_value_bytes",
          max_values_per_key => "max_values_per_key", max_total_bytes => "max_total_bytes",
          max_frame_bytes => "max_frame_bytes", max_connections => "max_connections",
          frame_timeout => "frame_timeout_ms", idle_timeout => "idle_timeout_secs", wal => "wal",
@@ -174,6 +176,7 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
         network: NetworkId::from_name(&cfg.network),
         node_id: identity.id,
         public_key: identity.public_key,
+        noise_secret: identity.signing.to_scalar_bytes(),
         store: store.clone(),
         clock: clock.clone(),
         metrics: metrics.clone(),

@@ -513,6 +513,8 @@ impl Metrics {
             "epoch_len_mismatch",
             "overloaded",
             "timeout",
+            "encryption_required",
+            "handshake_failed",
         ] {
             m.rejected.with_label_values(&[reason]);
         }

@@ -55,6 +55,8 @@ pub struct Shared {
     pub node_id: Id,
     /// This node's public key.
     pub public_key: [u8; 32],
+    /// The X25519 form of the node key (the Noise NK static key clients encrypt to).
+    pub noise_secret: [u8; 32],
     /// The network's id.
     pub network: NetworkId,
     /// Address given in NODE_LIST.
@@ -871,6 +873,15 @@ struct Conn {
     pending: Vec<(u64, Instant, OwnedPut)>,
     /// Requests routed to other nodes: (request id, arrival, reply).
     routed: Vec<(u64, Instant, glommio::Task<Message>)>,
+    /// The encrypted channel, once its handshake is done: `rbuf` then holds plaintext
+    /// decrypted from `cipher_in`, and `wbuf` is encrypted on the way out.
+    noise: Option<Box<snow::TransportState>>,
+    /// Ciphertext frames read but not yet decrypted.
+    cipher_in: Vec<u8>,
+    /// Encrypted output being written.
+    wout: Vec<u8>,
+    /// Whether this client may use the plaintext protocol (policy and its address).
+    plaintext_ok: bool,
 }
 
 /// How a connection ends.
@@ -885,6 +896,19 @@ enum End {
 
 impl Conn {
     fn new(core: Rc<Core>, stream: TcpStream) -> Conn {
+        let plaintext_ok = match core.shared.cfg.client_plaintext {
+            crate::config::PlaintextPolicy::Allow => true,
+            crate::config::PlaintextPolicy::Deny => false,
+            crate::config::PlaintextPolicy::Loopback => {
+                stream.peer_addr().is_ok_and(|a| a.ip().is_loopback())
+            }
+        };
+        let mut conn = Conn::fresh(core, stream);
+        conn.plaintext_ok = plaintext_ok;
+        conn
+    }
+
+    fn fresh(core: Rc<Core>, stream: TcpStream) -> Conn {
         Conn {
             core,
             stream,
@@ -897,6 +921,10 @@ impl Conn {
             partial_since: None,
             pending: Vec::new(),
             routed: Vec::new(),
+            noise: None,
+            cipher_in: Vec::new(),
+            wout: Vec::new(),
+            plaintext_ok: false,
         }
     }
 
@@ -949,10 +977,16 @@ impl Conn {
                 return false;
             }
             // Make room: compact, then grow up to what the pending frame needs.
-            if self.start == self.end {
+            if self.start == self.end && self.cipher_in.is_empty() {
                 self.start = 0;
                 self.end = 0;
                 self.partial_since = None;
+            } else if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+                if self.partial_since.is_none() {
+                    self.partial_since = Some(Instant::now());
+                }
             } else if self.partial_since.is_none() {
                 self.partial_since = Some(Instant::now());
             }
@@ -979,9 +1013,26 @@ impl Conn {
                 None => idle_timeout,
             };
             let _ = self.stream.set_read_timeout(Some(timeout));
-            match self.stream.read(&mut self.rbuf[self.end..]).await {
+            let read = if self.noise.is_some() {
+                let mut chunk = [0u8; 16 * 1024];
+                match self.stream.read(&mut chunk).await {
+                    Ok(n) if n > 0 => {
+                        self.cipher_in.extend_from_slice(&chunk[..n]);
+                        if !self.decrypt_pending() {
+                            self.fail_channel().await;
+                            return false;
+                        }
+                        Ok(n)
+                    }
+                    other => other,
+                }
+            } else {
+                self.stream.read(&mut self.rbuf[self.end..]).await
+            };
+            match read {
                 Ok(0) => return false,
-                Ok(n) => self.end += n,
+                Ok(n) if self.noise.is_none() => self.end += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     if self.partial_since.is_some() {
                         self.frame_timed_out().await;
@@ -999,6 +1050,20 @@ impl Conn {
         if self.wbuf.is_empty() {
             return true;
         }
+        if let Some(noise) = self.noise.as_mut() {
+            self.wout.clear();
+            for chunk in self.wbuf.chunks(tarn_proto::noise::MAX_NOISE_PLAINTEXT) {
+                let at = tarn_proto::noise::begin_data_frame(&mut self.wout);
+                self.wout
+                    .resize(at + chunk.len() + tarn_proto::noise::NOISE_TAG, 0);
+                match noise.write_message(chunk, &mut self.wout[at..]) {
+                    Ok(n) => self.wout.truncate(at + n),
+                    Err(_) => return false,
+                }
+                tarn_proto::noise::finish_data_frame(&mut self.wout, at);
+            }
+            std::mem::swap(&mut self.wbuf, &mut self.wout);
+        }
         let deadline = self.core.shared.cfg.frame_timeout;
         let write = glommio::timer::timeout(deadline, async {
             self.stream
@@ -1009,6 +1074,130 @@ impl Conn {
         let ok = write.await.is_ok();
         self.wbuf.clear();
         ok
+    }
+
+    /// Decrypts every complete `NOISE_DATA` frame of `cipher_in` onto the end of `rbuf`.
+    /// False when a frame is not a valid ciphertext (altered, replayed, reordered, other kind).
+    fn decrypt_pending(&mut self) -> bool {
+        let Some(noise) = self.noise.as_mut() else {
+            return true;
+        };
+        let mut used = 0;
+        loop {
+            let f = match frame::parse_frame(
+                &self.cipher_in[used..],
+                tarn_proto::noise::MAX_NOISE_MESSAGE as u32,
+            ) {
+                Ok(Parsed::Frame(f)) => f,
+                Ok(Parsed::Incomplete { .. }) => break,
+                Err(_) => return false,
+            };
+            if f.header.kind != tarn_proto::noise::KIND_NOISE_DATA {
+                return false;
+            }
+            let need = self.end + f.body.len();
+            if self.rbuf.len() < need {
+                self.rbuf.resize(need, 0);
+            }
+            match noise.read_message(f.body, &mut self.rbuf[self.end..]) {
+                Ok(n) => self.end += n,
+                Err(_) => return false,
+            }
+            used += f.wire_len();
+        }
+        self.cipher_in.drain(..used);
+        true
+    }
+
+    /// The encrypted channel broke: say so in plaintext (the client cannot decrypt anything
+    /// now) and close.
+    async fn fail_channel(&mut self) {
+        self.noise = None;
+        self.wbuf.clear();
+        let _ = self.reject(0, ErrorCode::HandshakeFailed, "ciphertext failed".into());
+        let _ = self.stream.write_all(&self.wbuf).await;
+        let _ = self.stream.close().await;
+    }
+
+    /// Noise NK, responder side: message 1 carries the client's hello, message 2 the ack.
+    async fn noise_handshake(&mut self, request_id: u64, body: &[u8]) -> End {
+        let shared = self.core.shared.clone();
+        let fail = |conn: &mut Conn, detail: &str| {
+            conn.reject(request_id, ErrorCode::HandshakeFailed, detail.to_string())
+        };
+        let params: snow::params::NoiseParams = match tarn_proto::noise::NOISE_PARAMS.parse() {
+            Ok(p) => p,
+            Err(_) => return fail(self, "noise parameters"),
+        };
+        let mut hs = match snow::Builder::new(params)
+            .local_private_key(&shared.noise_secret)
+            .build_responder()
+        {
+            Ok(h) => h,
+            Err(_) => return fail(self, "noise setup"),
+        };
+        let mut payload = vec![0u8; body.len()];
+        let n = match hs.read_message(body, &mut payload) {
+            Ok(n) => n,
+            Err(_) => return fail(self, "handshake message does not decrypt (wrong node key?)"),
+        };
+        let header = frame::Header {
+            body_len: n as u32,
+            version: tarn_proto::PROTOCOL_VERSION,
+            kind: tarn_proto::Kind::Hello as u8,
+            request_id,
+        };
+        let hello = match self.decoder.decode(&frame::RawFrame {
+            header,
+            body: &payload[..n],
+        }) {
+            Ok(Message::Hello(h)) => h,
+            _ => return fail(self, "handshake payload is not a hello"),
+        };
+        if let Some(refusal) = check_hello(&shared, &hello) {
+            return self.reject(request_id, refusal.0, refusal.1);
+        }
+        let mut ack = Vec::new();
+        if frame::encode(request_id, &hello_ack(&shared), &mut ack).is_err() {
+            return fail(self, "encoding");
+        }
+        let ack_body = &ack[HEADER_LEN..];
+        let mut msg = vec![0u8; ack_body.len() + 128];
+        let m = match hs.write_message(ack_body, &mut msg) {
+            Ok(m) => m,
+            Err(_) => return fail(self, "handshake reply"),
+        };
+        let transport = match hs.into_transport_mode() {
+            Ok(t) => t,
+            Err(_) => return fail(self, "handshake state"),
+        };
+        tarn_proto::noise::raw_frame(
+            tarn_proto::noise::KIND_NOISE_HELLO_ACK,
+            request_id,
+            &msg[..m],
+            &mut self.wbuf,
+        );
+        // The ack goes out in plaintext framing; everything after it is encrypted.
+        if !self.flush_out().await {
+            return End::Close;
+        }
+        self.noise = Some(Box::new(transport));
+        self.hello_done = true;
+        shared
+            .metrics
+            .requests
+            .with_label_values(&["hello", "ok"])
+            .inc();
+        // Bytes after message 1 are already ciphertext.
+        self.cipher_in
+            .extend_from_slice(&self.rbuf[self.start..self.end]);
+        self.start = 0;
+        self.end = 0;
+        if !self.decrypt_pending() {
+            self.fail_channel().await;
+            return End::Close;
+        }
+        End::Continue
     }
 
     async fn frame_timed_out(&mut self) {
@@ -1028,6 +1217,28 @@ impl Conn {
                         if !self.hello_done && peer::is_peer_kind(f.header.kind) =>
                     {
                         return End::Peer;
+                    }
+                    Ok(Parsed::Frame(f)) if tarn_proto::noise::is_noise_kind(f.header.kind) => {
+                        let (id, kind, len) = (f.header.request_id, f.header.kind, f.wire_len());
+                        let body = f.body.to_vec();
+                        self.start += len;
+                        self.partial_since = None;
+                        let end = if kind == tarn_proto::noise::KIND_NOISE_HELLO
+                            && self.noise.is_none()
+                        {
+                            self.noise_handshake(id, &body).await
+                        } else {
+                            self.reject(
+                                id,
+                                ErrorCode::HandshakeFailed,
+                                "unexpected encrypted-channel frame".into(),
+                            )
+                        };
+                        if let End::Close = end {
+                            self.commit_pending().await;
+                            return End::Close;
+                        }
+                        continue;
                     }
                     Ok(Parsed::Frame(f)) => {
                         let decoded = self.decoder.decode(&f);
@@ -1072,19 +1283,8 @@ impl Conn {
                     "the first frame must be a hello".into(),
                 );
             };
-            if h.network != shared.network {
-                return self.reject(
-                    request_id,
-                    ErrorCode::NetworkMismatch,
-                    "this node belongs to another network".into(),
-                );
-            }
-            if h.epoch_len_secs != 0 && h.epoch_len_secs != shared.cfg.epoch_secs {
-                return self.reject(
-                    request_id,
-                    ErrorCode::EpochLenMismatch,
-                    format!("this network's epoch length is {} s", shared.cfg.epoch_secs),
-                );
+            if let Some((code, detail)) = check_hello(&shared, &h) {
+                return self.reject(request_id, code, detail);
             }
             self.hello_done = true;
             shared
@@ -1094,6 +1294,13 @@ impl Conn {
                 .inc();
             self.reply(request_id, &hello_ack(&shared));
             return End::Continue;
+        }
+        if self.noise.is_none() && !self.plaintext_ok && !matches!(msg, Message::Hello(_)) {
+            return self.reject(
+                request_id,
+                ErrorCode::EncryptionRequired,
+                "this node serves you only over the encrypted channel".into(),
+            );
         }
         match msg {
             Message::Insert(ins) => {
@@ -1361,6 +1568,23 @@ impl Conn {
     }
 }
 
+/// Why a hello is refused, if it is.
+fn check_hello(shared: &Shared, h: &msg::Hello) -> Option<(ErrorCode, String)> {
+    if h.network != shared.network {
+        return Some((
+            ErrorCode::NetworkMismatch,
+            "this node belongs to another network".into(),
+        ));
+    }
+    if h.epoch_len_secs != 0 && h.epoch_len_secs != shared.cfg.epoch_secs {
+        return Some((
+            ErrorCode::EpochLenMismatch,
+            format!("this network's epoch length is {} s", shared.cfg.epoch_secs),
+        ));
+    }
+    None
+}
+
 fn hello_ack(shared: &Shared) -> Message {
     Message::HelloAck(msg::HelloAck {
         version: tarn_proto::PROTOCOL_VERSION,
@@ -1459,5 +1683,7 @@ fn reason_label(c: ErrorCode) -> &'static str {
         ErrorCode::EpochLenMismatch => "epoch_len_mismatch",
         ErrorCode::Overloaded => "overloaded",
         ErrorCode::Timeout => "timeout",
+        ErrorCode::EncryptionRequired => "encryption_required",
+        ErrorCode::HandshakeFailed => "handshake_failed",
     }
 }

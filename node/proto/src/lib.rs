@@ -4,6 +4,7 @@ pub mod epoch;
 pub mod frame;
 pub mod id;
 pub mod msg;
+pub mod noise;
 pub mod peer;
 pub mod ring;
 

@@ -350,6 +350,10 @@ pub enum ErrorCode {
     Overloaded,
     /// The frame was not completed within the node's frame deadline. Fatal.
     Timeout,
+    /// The node serves this client only over the encrypted channel. Fatal.
+    EncryptionRequired,
+    /// The encrypted channel's handshake or a ciphertext failed. Fatal.
+    HandshakeFailed,
 }
 
 impl ErrorCode {
