@@ -24,6 +24,15 @@ struct Cli {
     /// Per-request deadline in seconds.
     #[arg(long, global = true, default_value_t = 10)]
     timeout: u64,
+    /// The node's ed25519 public key (64 hex digits, from `tarnctl nodes` or a bootstrap
+    /// list): the encrypted channel is then authenticated to it. Without it, tarnctl trusts
+    /// the key the node presents (trust on first use) and says so on stderr.
+    #[arg(long, global = true, env = "TARN_NODE_KEY")]
+    node_key: Option<String>,
+    /// Use the plaintext protocol instead of the encrypted channel (nodes accept it from
+    /// loopback only, by default).
+    #[arg(long, global = true)]
+    plaintext: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -188,12 +197,33 @@ async fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli, node: &str) -> anyhow::Result<NodeClient> {
+    let channel = if cli.plaintext {
+        tarn_client::Channel::Plaintext
+    } else {
+        let node_key = match &cli.node_key {
+            Some(h) => {
+                let mut k = [0u8; 32];
+                hex::decode_to_slice(h, &mut k).map_err(|e| anyhow::anyhow!("--node-key: {e}"))?;
+                Some(k)
+            }
+            None => None,
+        };
+        tarn_client::Channel::Encrypted { node_key }
+    };
     let opts = NodeOptions {
         network: NetworkId::from_name(&cli.network),
         timeout: Duration::from_secs(cli.timeout),
+        channel,
         ..Default::default()
     };
-    Ok(NodeClient::connect(node, &opts).await?)
+    let c = NodeClient::connect(node, &opts).await?;
+    if c.trusted_on_first_use() {
+        eprintln!(
+            "tarnctl: {node}: encrypted to the key the node presented ({}…), not to a pinned key (trust on first use; pass --node-key to pin it)",
+            &hex::encode(c.hello().public_key)[..16]
+        );
+    }
+    Ok(c)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
