@@ -38,6 +38,8 @@ pub struct Identity {
     pub signing: SigningKey,
     /// Opens records sealed to this user; the static key of client-to-client sessions.
     pub agreement: StaticSecret,
+    /// The public half of `agreement` (computed once).
+    pub agreement_public: [u8; 32],
     /// The display name the user chose (not authenticated; contacts name each other locally).
     pub name: String,
 }
@@ -59,19 +61,16 @@ impl Identity {
         rng.fill_bytes(&mut s);
         let signing = SigningKey::from_bytes(&s);
         rng.fill_bytes(&mut s);
-        let agreement = StaticSecret::from(s);
-        Identity {
-            signing,
-            agreement,
-            name: name.to_string(),
-        }
+        Identity::from_secrets(name, signing.to_bytes(), s)
     }
 
     /// An identity from its two 32-byte secrets (profiles, test vectors).
     pub fn from_secrets(name: &str, signing: [u8; 32], agreement: [u8; 32]) -> Identity {
+        let agreement = StaticSecret::from(agreement);
         Identity {
             signing: SigningKey::from_bytes(&signing),
-            agreement: StaticSecret::from(agreement),
+            agreement_public: XPublic::from(&agreement).to_bytes(),
+            agreement,
             name: name.to_string(),
         }
     }
@@ -86,7 +85,7 @@ impl Identity {
         ContactCard {
             name: self.name.clone(),
             sign_public: self.signing.verifying_key().to_bytes(),
-            agreement_public: XPublic::from(&self.agreement).to_bytes(),
+            agreement_public: self.agreement_public,
         }
     }
 }

@@ -211,8 +211,7 @@ pub fn open(
     let mut eph_pub = [0u8; 32];
     eph_pub.copy_from_slice(&sealed[1..33]);
     let shared = me.agreement.diffie_hellman(&XPublic::from(eph_pub));
-    let my_pub = XPublic::from(&me.agreement).to_bytes();
-    let key = aead_key(shared.as_bytes(), &eph_pub, &my_pub);
+    let key = aead_key(shared.as_bytes(), &eph_pub, &me.agreement_public);
     let cipher = ChaCha20Poly1305::new((&key).into());
     let plain = cipher
         .decrypt(
