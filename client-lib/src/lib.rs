@@ -3,7 +3,11 @@
 pub mod bootstrap;
 pub mod identity;
 pub mod node;
+pub mod profile;
 pub mod record;
+pub mod registry;
+pub mod session;
+pub mod transport;
 
 pub use bootstrap::{BootstrapError, BootstrapList, BootstrapNode, VouchedNode};
 pub use node::{Channel, ClientError, ClientErrorKind, NodeClient, NodeOptions};

@@ -181,7 +181,16 @@ impl NodeClient {
                 source,
             })?;
         stream.set_nodelay(true).ok();
-        let (mut rd, mut wr) = stream.into_split();
+        NodeClient::connect_over(stream, opts).await
+    }
+
+    /// Runs the protocol over an already connected byte stream (a Tor stream, a test pipe):
+    /// hello, the encrypted channel's handshake unless plaintext is asked for, then requests.
+    pub async fn connect_over<S>(stream: S, opts: &NodeOptions) -> Result<NodeClient, ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let timeout = opts.timeout;
         let hello_msg = Message::Hello(tarn_proto::msg::Hello {
             version: tarn_proto::PROTOCOL_VERSION,
@@ -487,8 +496,8 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-async fn read_loop(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    mut rd: R,
     pending: Vec<u8>,
     waiters: Waiters,
     max: u32,
@@ -581,8 +590,8 @@ async fn within<T>(
 }
 
 /// Reads exactly one frame; bytes after it stay in `buf`.
-async fn read_frame(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut Vec<u8>,
     max: u32,
 ) -> Result<(u8, u64, Vec<u8>), ClientError> {
