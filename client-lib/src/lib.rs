@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod bootstrap;
+pub mod engine;
 pub mod identity;
 pub mod node;
 pub mod profile;
