@@ -6,7 +6,8 @@
 //! session with every contact found and notify it of our status. Every `refresh` it publishes
 //! again when the epoch changed (and for the next epoch shortly before it starts), retrieves
 //! the contacts not online (current and previous epoch), and re-announces its status on every
-//! session; a contact not heard from for two refresh intervals, or whose connection closes, is
+//! session (the heartbeat); a contact not heard from for 1.5 intervals (checked every quarter
+//! interval, so within two intervals of its last sign of life), or whose connection closes, is
 //! offline. [`EngineHandle::quit`] sends NOTIFY_STATUS(OFF) to every online contact.
 //!
 //! Events come out of a channel; the application never polls.
@@ -500,6 +501,8 @@ async fn run<T: Transport>(
     let mut published_next = false;
     let mut tick = tokio::time::interval(cfg.refresh);
     tick.tick().await;
+    let mut sweep = tokio::time::interval((cfg.refresh / 4).max(Duration::from_millis(10)));
+    sweep.tick().await;
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -549,11 +552,23 @@ async fn run<T: Transport>(
                     published_next = true;
                     publish_pass(&state, &registry, &time, tarn_proto::Epoch(epoch.0 + 1), &own_info).await;
                 }
-                // Re-announce; contacts silent for two intervals are offline.
+                // Re-announce (the heartbeat every contact expects once per interval).
+                {
+                    let st = lock(&state);
+                    let my = st.my_status;
+                    for live in st.live.values() {
+                        send_on(live, &SessionMessage::NotifyStatus(my));
+                    }
+                }
+                retrieve_pass(&state, &*transport, &registry, &time, &own_info, &cfg).await;
+            }
+            _ = sweep.tick() => {
+                // A contact silent for 1.5 intervals (one heartbeat missed, with slack) is
+                // offline: with sweeps every quarter interval, within two intervals of its
+                // last sign of life.
                 let silent: Vec<String> = {
                     let mut st = lock(&state);
-                    let my = st.my_status;
-                    let limit = cfg.refresh * 2 + Duration::from_millis(500);
+                    let limit = cfg.refresh * 3 / 2;
                     let dead: Vec<UserId> = st
                         .live
                         .iter()
@@ -566,15 +581,11 @@ async fn run<T: Transport>(
                             names.push(name_of(&st, &id));
                         }
                     }
-                    for live in st.live.values() {
-                        send_on(live, &SessionMessage::NotifyStatus(my));
-                    }
                     names
                 };
                 for name in silent {
                     emit(&state, Event::Offline { name }).await;
                 }
-                retrieve_pass(&state, &*transport, &registry, &time, &own_info, &cfg).await;
             }
         }
     }

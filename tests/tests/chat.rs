@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tarn_tests::Node;
 
-const REFRESH_MS: u64 = 500;
+const REFRESH_MS: u64 = 1000;
 
 fn chat_bin() -> PathBuf {
     let p = tarn_tests::bin_dir().join("examples/tarn-chat");
@@ -224,4 +224,13 @@ fn the_later_user_is_found_whichever_comes_first() {
     bob.expect("online alice A", t);
     bob.say("msg alice hi");
     alice.expect("msg bob hi", t);
+    // Bob's machine hangs (SIGSTOP: no FIN, no OFF): alice notices the silence within two
+    // refresh intervals (and the sweep that runs each interval).
+    // SAFETY: kill(2) on the PID of a child this test started.
+    unsafe {
+        libc::kill(bob.child.id() as i32, libc::SIGSTOP);
+    }
+    let started = Instant::now();
+    alice.expect("offline bob", Duration::from_millis(2 * REFRESH_MS + 300));
+    assert!(started.elapsed() >= Duration::from_millis(REFRESH_MS / 2));
 }

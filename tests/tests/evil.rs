@@ -1,5 +1,6 @@
 //! Evil nodes: test-only proxies in front of real tarnd processes that corrupt, swap (replay
-//! another key's values), forge or lie in TIME_SYNC. With honest entry nodes for some index
+//! another key's values), forge, drop (acknowledge without storing), delay, or lie in
+//! TIME_SYNC. With honest entry nodes for some index
 //! slots, the receiver gets the right contact info and the right epoch, and never accepts a
 //! forged record.
 
@@ -28,6 +29,10 @@ enum Evil {
     Forge,
     /// Says it is three hours later than it is.
     LieTime,
+    /// Acknowledges inserts without storing them and finds nothing.
+    Drop,
+    /// Answers everything half a second late.
+    Delay,
 }
 
 /// Reads one frame from `s` into `buf`; returns (request id, message) or None at EOF.
@@ -63,6 +68,28 @@ async fn evil_proxy(node: String, evil: Evil) -> String {
                 let (mut cd, mut ud) = (Decoder::new(), Decoder::new());
                 // Strictly request, reply, request, reply: simple and enough for the registry.
                 while let Some((id, req)) = next(&mut client, &mut cb, &mut cd).await {
+                    if let Evil::Drop = evil {
+                        let fake =
+                            match &req {
+                                Message::Insert(_) => Some(Message::InsertReply(
+                                    tarn_proto::msg::InsertReply::Stored { copies: 3 },
+                                )),
+                                Message::Retrieve(_) => {
+                                    Some(Message::RetrieveReply(RetrieveReply::NotFound))
+                                }
+                                _ => None,
+                            };
+                        if let Some(f) = fake {
+                            let out = frame::encode_to_vec(id, &f).unwrap();
+                            if client.write_all(&out).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    if let Evil::Delay = evil {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                     let out = frame::encode_to_vec(id, &req).unwrap();
                     upstream.write_all(&out).await.unwrap();
                     let Some((rid, mut reply)) = next(&mut upstream, &mut ub, &mut ud).await else {
@@ -119,13 +146,16 @@ async fn evil_entry_nodes_cannot_make_a_client_accept_a_forged_record_or_a_wrong
         channel: Channel::Plaintext,
         ..Default::default()
     };
-    // Five entry connections: three evil proxies and two honest nodes.
+    // Seven entry connections: five evil proxies and two honest nodes, placed so that any five
+    // consecutive ones (the index slots of one contact) include an honest one.
     let addrs = vec![
         evil_proxy(n0.addr.clone(), Evil::Corrupt).await,
         n0.addr.clone(),
         evil_proxy(n1.addr.clone(), Evil::Swap).await,
         n1.addr.clone(),
         evil_proxy(n0.addr.clone(), Evil::Forge).await,
+        evil_proxy(n1.addr.clone(), Evil::Drop).await,
+        evil_proxy(n0.addr.clone(), Evil::Delay).await,
     ];
     let liar = evil_proxy(n1.addr.clone(), Evil::LieTime).await;
     let mut conns = Vec::new();
@@ -167,7 +197,10 @@ async fn evil_entry_nodes_cannot_make_a_client_accept_a_forged_record_or_a_wrong
             t.corrected_ms(local_ms()),
         )
         .await;
-    assert_eq!(report.stored, 5);
+    assert_eq!(
+        report.stored, 5,
+        "the dropping node acknowledges without storing"
+    );
     // Also give the swapper something else to replay: another user's records.
     let carol = Identity::generate("carol");
     let for_bob_from_carol = Contact {

@@ -50,7 +50,7 @@ async fn twenty_clients_with_a_mesh_of_contacts_converge() {
             .collect();
         let cfg = EngineConfig {
             nodes: nodes.clone(),
-            refresh: Duration::from_millis(700),
+            refresh: Duration::from_millis(1000),
             contact_timeout: Duration::from_secs(5),
             ..EngineConfig::default()
         };
