@@ -135,13 +135,26 @@ async fn evil_proxy(node: String, evil: Evil) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evil_entry_nodes_cannot_make_a_client_accept_a_forged_record_or_a_wrong_epoch() {
+    // A ring of eight real nodes.
     let dir = tempfile::tempdir().unwrap();
-    let n0 = Node::start(&dir.path().join("n0"), &["--cores", "1"]);
-    let n1 = Node::start(
-        &dir.path().join("n1"),
-        &["--cores", "1", "--join", &n0.addr],
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ring: Vec<Node> = Vec::new();
+    for i in 0..8 {
+        let d = dir.path().join(format!("n{i}"));
+        let node = if i == 0 {
+            Node::start(&d, &["--cores", "1"])
+        } else {
+            Node::start(&d, &["--cores", "1", "--join", &ring[0].addr])
+        };
+        ring.push(node);
+    }
+    for _ in 0..100 {
+        let c = ring[7].client().await;
+        if c.node_list(16).await.unwrap().nodes.len() == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (n0, n1) = (&ring[0], &ring[1]);
     let plain = NodeOptions {
         channel: Channel::Plaintext,
         ..Default::default()
@@ -149,15 +162,15 @@ async fn evil_entry_nodes_cannot_make_a_client_accept_a_forged_record_or_a_wrong
     // Seven entry connections: five evil proxies and two honest nodes, placed so that any five
     // consecutive ones (the index slots of one contact) include an honest one.
     let addrs = vec![
-        evil_proxy(n0.addr.clone(), Evil::Corrupt).await,
+        evil_proxy(ring[2].addr.clone(), Evil::Corrupt).await,
         n0.addr.clone(),
-        evil_proxy(n1.addr.clone(), Evil::Swap).await,
+        evil_proxy(ring[3].addr.clone(), Evil::Swap).await,
         n1.addr.clone(),
-        evil_proxy(n0.addr.clone(), Evil::Forge).await,
-        evil_proxy(n1.addr.clone(), Evil::Drop).await,
-        evil_proxy(n0.addr.clone(), Evil::Delay).await,
+        evil_proxy(ring[4].addr.clone(), Evil::Forge).await,
+        evil_proxy(ring[5].addr.clone(), Evil::Drop).await,
+        evil_proxy(ring[6].addr.clone(), Evil::Delay).await,
     ];
-    let liar = evil_proxy(n1.addr.clone(), Evil::LieTime).await;
+    let liar = evil_proxy(ring[7].addr.clone(), Evil::LieTime).await;
     let mut conns = Vec::new();
     for a in &addrs {
         conns.push(Arc::new(NodeClient::connect(a, &plain).await.unwrap()));
@@ -224,10 +237,17 @@ async fn evil_entry_nodes_cannot_make_a_client_accept_a_forged_record_or_a_wrong
         assert_eq!(got.contact_info, "alice.onion:7000");
         assert_eq!(got.publisher, alice.id());
     }
-    // Through evil nodes only, nothing is accepted (rather than something forged).
+    // Through nodes that never pass a genuine value on, nothing is accepted (rather than
+    // something forged); through the swapper, whatever is accepted is genuine (a replayed
+    // value only opens in the slot it was sealed for).
     let evil_only = Registry::new(
-        vec![conns[0].clone(), conns[2].clone(), conns[4].clone()],
+        vec![conns[0].clone(), conns[4].clone(), conns[5].clone()],
         fresh,
     );
     assert!(evil_only.retrieve(&bob, &from_alice, epoch).await.is_none());
+    let swapper = Registry::new(vec![conns[2].clone()], fresh);
+    if let Some(r) = swapper.retrieve(&bob, &from_alice, epoch).await {
+        assert_eq!(r.contact_info, "alice.onion:7000");
+        assert_eq!(r.publisher, alice.id());
+    }
 }
