@@ -93,3 +93,63 @@ async fn twenty_clients_with_a_mesh_of_contacts_converge() {
         h.quit().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_find_each_other_across_epoch_boundaries() {
+    // Three-second epochs: alice publishes for the next epoch shortly before it starts and
+    // again when it does; bob, coming online epochs later, still finds her.
+    let dir = tempfile::tempdir().unwrap();
+    let n0 = Node::start(
+        &dir.path().join("n0"),
+        &["--cores", "1", "--epoch-secs", "3"],
+    );
+    let alice = Identity::generate("alice");
+    let bob = Identity::generate("bob");
+    let contact = |id: &Identity, name: &str| Contact {
+        name: name.into(),
+        card: id.card(),
+        secrets: vec![b"s".to_vec()],
+    };
+    let cfg = || EngineConfig {
+        nodes: vec![n0.addr.clone()],
+        refresh: Duration::from_millis(500),
+        grace_secs: 2,
+        contact_timeout: Duration::from_secs(5),
+        ..EngineConfig::default()
+    };
+    let (ha, mut ea) = engine::start(
+        alice.clone(),
+        vec![contact(&bob, "bob")],
+        DirectTcp::default(),
+        cfg(),
+    )
+    .await
+    .unwrap();
+    // Let at least two epoch boundaries pass before bob appears.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (hb, mut eb) = engine::start(
+        bob.clone(),
+        vec![contact(&alice, "alice")],
+        DirectTcp::default(),
+        cfg(),
+    )
+    .await
+    .unwrap();
+    wait_online(&mut eb, "alice").await;
+    wait_online(&mut ea, "bob").await;
+    ha.quit().await;
+    hb.quit().await;
+}
+
+/// Waits (bounded) until `who` comes online.
+async fn wait_online(rx: &mut tokio::sync::mpsc::Receiver<Event>, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(Event::Online { name, .. })) if name == who => return,
+            Ok(Some(_)) => {}
+            _ => panic!("{who} never came online"),
+        }
+    }
+}
