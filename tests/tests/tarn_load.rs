@@ -60,3 +60,32 @@ fn closed_and_open_loop_runs_report_json() {
     assert!((500..=1100).contains(&ops), "1 s at 1000/s sent {ops}");
     assert_eq!(v["errors"], 0);
 }
+
+#[test]
+fn the_limit_server_answers_the_same_load() {
+    use std::io::BufRead;
+    let mut child = Command::new(bin("limit-server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit_once("listen=").unwrap().1.to_string();
+    let v = load(&[
+        "--target",
+        &format!("tarn://{addr}"),
+        "--conns",
+        "4",
+        "--pipeline",
+        "8",
+        "--count",
+        "4000",
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0);
+}

@@ -132,6 +132,8 @@ async fn run(args: Args, proto: Proto, addr: String) -> anyhow::Result<()> {
                 &addr,
                 &tarn_client::NodeOptions {
                     network: NetworkId::from_name(&args.network),
+                    // The load itself uses the plaintext protocol (loopback), like redis.
+                    channel: tarn_client::Channel::Plaintext,
                     ..Default::default()
                 },
             )

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# tarnd as a fraction of the machine's limit for the same framing: tarnd (--cores 1, default
+# durability: WAL written per insert, synced every second) and limit-server (a minimal epoll
+# server answering fixed replies, storing nothing), each pinned to the same CPU, tarn-load on
+# the other, rounds interleaved A B A B ..., medians and the ratio. Every process started
+# here is stopped by PID.
+#   ROUNDS=3 SECS=5 CONNS=50 PIPELINE=1 INSERT_PCT=50 benches/limit.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tarn-target}"
+B="$CARGO_TARGET_DIR/release"
+ROUNDS="${ROUNDS:-3}"; SECS="${SECS:-5}"; CONNS="${CONNS:-50}"; PIPELINE="${PIPELINE:-1}"
+INSERT_PCT="${INSERT_PCT:-50}"; KEYS="${KEYS:-100000}"; VALUE="${VALUE:-300}"
+SERVER_CPU="${SERVER_CPU:-0}"; LOAD_CPU="${LOAD_CPU:-1}"
+work=$(mktemp -d /tmp/tarn-limit.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+taskset -c "$SERVER_CPU" "$B/tarnd" --data-dir "$work/tarn" --listen 127.0.0.1:0 --metrics-listen off \
+  --cores 1 --log warn > "$work/tarnd.out" 2> "$work/tarnd.err" &
+tpid=$!; pids+=("$tpid")
+taskset -c "$SERVER_CPU" "$B/limit-server" --listen 127.0.0.1:0 > "$work/limit.out" &
+lpid=$!; pids+=("$lpid")
+for _ in $(seq 1 100); do
+  grep -q "tarnd ready" "$work/tarnd.out" 2>/dev/null && grep -q ready "$work/limit.out" 2>/dev/null && break
+  sleep 0.1
+done
+taddr=$(sed -E 's/.*listen=([^ ]+).*/\1/' "$work/tarnd.out")
+laddr=$(sed -E 's/.*listen=([^ ]+).*/\1/' "$work/limit.out")
+taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$taddr" --keys "$KEYS" --value-bytes "$VALUE" \
+  --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
+
+load() {
+  taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$1" --server-pid "$2" --conns "$CONNS" \
+    --pipeline "$PIPELINE" --insert-pct "$INSERT_PCT" --value-bytes "$VALUE" --keys "$KEYS" \
+    --duration "${SECS}s" --json
+}
+field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])[sys.argv[2]]))" "$1" "$2"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
+echo "profile: ${CONNS}x${PIPELINE}, ${INSERT_PCT}% inserts, ${VALUE} B values, ${KEYS} keys; ${ROUNDS} rounds x ${SECS}s interleaved"
+a=(); b=(); errs=0
+for r in $(seq 1 "$ROUNDS"); do
+  x=$(load "$laddr" "$lpid"); y=$(load "$taddr" "$tpid")
+  a+=("$(field "$x" ops_per_sec)"); b+=("$(field "$y" ops_per_sec)")
+  errs=$((errs + $(field "$x" errors) + $(field "$y" errors)))
+  echo "round $r: limit-server ${a[-1]} ops/s (p99 $(field "$x" p99_us) us)   tarnd ${b[-1]} ops/s (p99 $(field "$y" p99_us) us)"
+done
+ma=$(median "${a[@]}"); mb=$(median "${b[@]}")
+echo "median: limit-server $ma ops/s, tarnd $mb ops/s; tarnd/limit $(python3 -c "print(round($mb/$ma, 2))"); errors $errs"
