@@ -303,3 +303,38 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         })
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Starts a ring of `n` tarnd (`--cores 1` plus `args`) in subdirectories `n0..` of `dir`:
+/// the first starts the ring, the others join it; returns once every node's NODE_LIST names
+/// all `n` members (panics after 60 s).
+pub async fn start_ring(dir: &Path, n: usize, args: &[&str]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let mut a: Vec<&str> = vec!["--cores", "1"];
+        a.extend_from_slice(args);
+        let join = nodes.first().map(|f| f.addr.clone());
+        if let Some(j) = &join {
+            a.extend(["--join", j.as_str()]);
+        }
+        nodes.push(Node::start(&dir.join(format!("n{i}")), &a));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sizes = Vec::new();
+        for node in &nodes {
+            let size = match NodeClient::connect(&node.addr, &NodeOptions::default()).await {
+                Ok(c) => c.node_list(64).await.map_or(0, |l| l.nodes.len()),
+                Err(_) => 0,
+            };
+            sizes.push(size);
+        }
+        if sizes.iter().all(|s| *s == n) {
+            return nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ring of {n} did not converge: {sizes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tarn_tests::Node;
+use tarn_tests::{start_ring, Node};
 
 const REFRESH_MS: u64 = 1000;
 
@@ -118,17 +118,14 @@ impl Drop for User {
 #[test]
 fn two_users_find_each_other_chat_and_see_each_other_leave() {
     let dir = tempfile::tempdir().unwrap();
-    let n0 = Node::start(&dir.path().join("n0"), &["--cores", "1"]);
-    let n1 = Node::start(
-        &dir.path().join("n1"),
-        &["--cores", "1", "--join", &n0.addr],
-    );
-    let n2 = Node::start(
-        &dir.path().join("n2"),
-        &["--cores", "1", "--join", &n0.addr],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let nodes = format!("{},{},{}", n0.addr, n1.addr, n2.addr);
+    let ring = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(start_ring(dir.path(), 3, &[]));
+    let nodes = ring
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
 
     let (pa, pb) = (dir.path().join("alice"), dir.path().join("bob"));
     let card_a = chat(&["init", "--profile", pa.to_str().unwrap(), "--name", "alice"]);

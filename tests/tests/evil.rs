@@ -15,7 +15,7 @@ use tarn_client::{Channel, NodeClient, NodeOptions};
 use tarn_proto::frame::{self, Parsed};
 use tarn_proto::msg::{RetrieveReply, TimeReply};
 use tarn_proto::{Decoder, Message};
-use tarn_tests::Node;
+use tarn_tests::start_ring;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -137,23 +137,7 @@ async fn evil_proxy(node: String, evil: Evil) -> String {
 async fn evil_entry_nodes_cannot_make_a_client_accept_a_forged_record_or_a_wrong_epoch() {
     // A ring of eight real nodes.
     let dir = tempfile::tempdir().unwrap();
-    let mut ring: Vec<Node> = Vec::new();
-    for i in 0..8 {
-        let d = dir.path().join(format!("n{i}"));
-        let node = if i == 0 {
-            Node::start(&d, &["--cores", "1"])
-        } else {
-            Node::start(&d, &["--cores", "1", "--join", &ring[0].addr])
-        };
-        ring.push(node);
-    }
-    for _ in 0..100 {
-        let c = ring[7].client().await;
-        if c.node_list(16).await.unwrap().nodes.len() == 8 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ring = start_ring(dir.path(), 8, &[]).await;
     let (n0, n1) = (&ring[0], &ring[1]);
     let plain = NodeOptions {
         channel: Channel::Plaintext,

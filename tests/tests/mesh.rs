@@ -8,22 +8,13 @@ use tarn_client::engine::{self, EngineConfig, Event};
 use tarn_client::identity::Identity;
 use tarn_client::profile::Contact;
 use tarn_client::transport::DirectTcp;
-use tarn_tests::Node;
+use tarn_tests::{start_ring, Node};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_clients_with_a_mesh_of_contacts_converge() {
     let dir = tempfile::tempdir().unwrap();
-    let n0 = Node::start(&dir.path().join("n0"), &["--cores", "1"]);
-    let n1 = Node::start(
-        &dir.path().join("n1"),
-        &["--cores", "1", "--join", &n0.addr],
-    );
-    let n2 = Node::start(
-        &dir.path().join("n2"),
-        &["--cores", "1", "--join", &n0.addr],
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let nodes = vec![n0.addr.clone(), n1.addr.clone(), n2.addr.clone()];
+    let ring = start_ring(dir.path(), 3, &[]).await;
+    let nodes: Vec<String> = ring.iter().map(|n| n.addr.clone()).collect();
 
     const N: usize = 20;
     let ids: Vec<Identity> = (0..N)

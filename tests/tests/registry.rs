@@ -3,47 +3,18 @@
 //! a forged record in the same slot is ignored; the median time over the nodes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tarn_client::identity::Identity;
 use tarn_client::profile::Contact;
 use tarn_client::record::Freshness;
 use tarn_client::registry::{local_ms, Registry};
 use tarn_client::{NodeClient, NodeOptions};
-use tarn_tests::Node;
-
-async fn ring(dirs: &mut Vec<tempfile::TempDir>, n: usize) -> Vec<Node> {
-    let mut nodes: Vec<Node> = Vec::new();
-    for _ in 0..n {
-        let dir = tempfile::tempdir().unwrap();
-        let join: Vec<String> = nodes.iter().map(|x| x.addr.clone()).collect();
-        let joined = join.join(",");
-        let mut args = vec!["--cores", "1"];
-        if !join.is_empty() {
-            args.extend(["--join", joined.as_str()]);
-        }
-        nodes.push(Node::start(dir.path(), &args));
-        dirs.push(dir);
-    }
-    // Wait until every node lists every member.
-    for _ in 0..200 {
-        let mut ok = true;
-        for x in &nodes {
-            let c = x.client().await;
-            ok &= c.node_list(16).await.unwrap().nodes.len() == n;
-        }
-        if ok {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    nodes
-}
+use tarn_tests::start_ring;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_presence_is_found_and_forgeries_are_ignored() {
-    let mut dirs = Vec::new();
-    let nodes = ring(&mut dirs, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_ring(dir.path(), 4, &[]).await;
     let mut conns = Vec::new();
     for n in &nodes {
         conns.push(Arc::new(

@@ -9,7 +9,7 @@
 //! with a secret, without the secret — can take part in the ring.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -520,7 +520,7 @@ pub type LinkHook = Box<dyn Fn(&PeerInfo, Result<(), &PeerError>)>;
 pub struct Pool {
     ident: std::sync::Arc<PeerIdent>,
     links: RefCell<HashMap<String, Rc<Link>>>,
-    dialing: RefCell<HashMap<String, u32>>,
+    dialing: RefCell<HashSet<String>>,
     connect_timeout: Duration,
     on_link: LinkHook,
 }
@@ -543,7 +543,7 @@ impl Pool {
         Pool {
             ident,
             links: RefCell::new(HashMap::new()),
-            dialing: RefCell::new(HashMap::new()),
+            dialing: RefCell::new(HashSet::new()),
             connect_timeout,
             on_link,
         }
@@ -558,13 +558,13 @@ impl Pool {
                 }
             }
             // Another task is dialing: wait for it (bounded by its connect timeout).
-            let busy = self.dialing.borrow().contains_key(addr);
+            let busy = self.dialing.borrow().contains(addr);
             if !busy {
                 break;
             }
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
-        self.dialing.borrow_mut().insert(addr.to_string(), 1);
+        self.dialing.borrow_mut().insert(addr.to_string());
         let dialed = glommio::timer::timeout(self.connect_timeout * 3, async {
             Ok(dial(&self.ident, addr, self.connect_timeout).await)
         })

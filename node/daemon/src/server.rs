@@ -1520,7 +1520,7 @@ impl Conn {
                     .m
                     .insert_seconds
                     .observe(t.elapsed().as_secs_f64());
-            } else {
+            } else if let Message::RetrieveReply(_) = &reply {
                 self.core
                     .m
                     .retrieve_seconds

@@ -91,13 +91,7 @@ pub struct Outcome {
 /// `min(r, n-1)` live members in ring order (one ordered ring, ordered lists, no duplicates,
 /// not itself), and its predecessor is the previous live member.
 pub fn check_invariants(sim: &Sim, r: usize) -> Vec<String> {
-    let mut live: Vec<(Id, String)> = sim
-        .nodes
-        .iter()
-        .filter(|(_, n)| n.alive)
-        .map(|(a, n)| (n.ring.me().id, a.clone()))
-        .collect();
-    live.sort();
+    let live = ring_order(sim);
     let n = live.len();
     let mut v = Vec::new();
     for (i, (id, addr)) in live.iter().enumerate() {
@@ -306,12 +300,7 @@ pub fn run_scenario(sc: &Scenario) -> Outcome {
     // Lookups from every live node for random targets must find the true successor.
     let mut hops = Vec::new();
     if violations.is_empty() {
-        let mut live: Vec<(Id, String)> = sim
-            .live()
-            .into_iter()
-            .map(|a| (sim.ring(&a).expect("live").me().id, a))
-            .collect();
-        live.sort();
+        let live = ring_order(&sim);
         let mut asked = Vec::new();
         for (k, (_, a)) in live.iter().enumerate() {
             for j in 0..4u64 {
@@ -426,12 +415,7 @@ fn check_not_lost(sim: &Sim, replicas: usize, violations: &mut Vec<String>) {
 
 /// Every acknowledged record is held by every member of its replica set.
 fn check_replicated(sim: &Sim, replicas: usize) -> Vec<String> {
-    let mut live: Vec<(Id, String)> = sim
-        .live()
-        .into_iter()
-        .map(|a| (sim.ring(&a).expect("live").me().id, a))
-        .collect();
-    live.sort();
+    let live = ring_order(sim);
     let mut v = Vec::new();
     for a in &sim.acked {
         let (epoch, key, value) = (&a.epoch, &a.key, &a.value);
@@ -498,11 +482,7 @@ fn trace(sim: &Sim, what: std::fmt::Arguments<'_>) {
         return;
     }
     let live = sim.live();
-    let mut ring: Vec<(Id, String)> = live
-        .iter()
-        .map(|a| (sim.ring(a).expect("live").me().id, a.clone()))
-        .collect();
-    ring.sort();
+    let ring = ring_order(sim);
     println!(
         "t={} {what}; ring {:?}",
         sim.now(),
@@ -516,4 +496,15 @@ fn trace(sim: &Sim, what: std::fmt::Arguments<'_>) {
             .collect();
         println!("    {} held by {holders:?}", key.id().short());
     }
+}
+
+/// Live nodes as `(ring id, address)` in ring order.
+fn ring_order(sim: &Sim) -> Vec<(Id, String)> {
+    let mut live: Vec<(Id, String)> = sim
+        .live()
+        .into_iter()
+        .map(|a| (sim.ring(&a).expect("live").me().id, a))
+        .collect();
+    live.sort();
+    live
 }
