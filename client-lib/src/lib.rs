@@ -8,6 +8,8 @@ pub mod profile;
 pub mod record;
 pub mod registry;
 pub mod session;
+#[cfg(feature = "tor")]
+pub mod tor;
 pub mod transport;
 
 pub use bootstrap::{BootstrapError, BootstrapList, BootstrapNode, VouchedNode};

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages tarn's build and tests need, when missing (Debian 12, as root):
 # clang + libclang-dev (RocksDB bindings), chrony (time tests), prometheus (promtool, live
-# scrape test), systemd (systemd-analyze for the unit files).
+# scrape test), systemd (systemd-analyze for the unit files), libssl-dev + libsqlite3-dev +
+# pkg-config (arti-client, the Tor transport), tor (the private Tor network of the Tor tests; its
+# system service is not started).
 # Safe to run again: it installs nothing that is already there.
 set -euo pipefail
 
@@ -11,6 +13,10 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 [ -x /usr/sbin/chronyd ] || need+=(chrony)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
+command -v tor-gencert >/dev/null 2>&1 || need+=(tor)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done
@@ -19,7 +25,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup-host: installing ${need[*]}" >&2
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  # Packages with daemons (chrony) must not start them: the tests run their own instances,
+  # Packages with daemons (chrony, tor) must not start them: the tests run their own instances,
   # and a system chronyd would try to steer this machine's clock. policy-rc.d says "no".
   created_policy=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then

@@ -81,6 +81,10 @@ pub struct Config {
     pub write_buffer_bytes: u64,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
+    /// Test builds only (feature `peer-audit`): a file that receives the IP address of every
+    /// client connection, so a test can prove which addresses the node saw. Never set in
+    /// production; builds without the feature refuse the key.
+    pub peer_audit_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -115,6 +119,7 @@ impl Default for Config {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 128 << 20,
             log: "info".into(),
+            peer_audit_file: None,
         }
     }
 }
@@ -222,6 +227,7 @@ pub const KEYS: &[&str] = &[
     "block_cache_bytes",
     "write_buffer_bytes",
     "log",
+    "peer_audit_file",
 ];
 
 struct Loader {
@@ -293,6 +299,15 @@ impl Loader {
                 "block_cache_bytes" => c.block_cache_bytes = parse_num(raw)?,
                 "write_buffer_bytes" => c.write_buffer_bytes = parse_num(raw)?,
                 "log" => c.log = raw.to_string(),
+                "peer_audit_file" => {
+                    if !cfg!(feature = "peer-audit") {
+                        return Err(
+                            "this tarnd was built without the peer-audit feature (test builds only)"
+                                .into(),
+                        );
+                    }
+                    c.peer_audit_file = non_empty(raw).map(PathBuf::from)
+                }
                 _ => return Err("unknown key".into()),
             }
             Ok(())

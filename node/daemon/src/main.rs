@@ -102,7 +102,8 @@ fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
          max_frame_bytes => "max_frame_bytes", max_connections => "max_connections",
          frame_timeout => "frame_timeout_ms", idle_timeout => "idle_timeout_secs", wal => "wal",
          wal_sync_interval => "wal_sync_interval_ms", ntp_servers => "ntp_servers", ntp_poll => "ntp_poll_secs",
-         block_cache_bytes => "block_cache_bytes", write_buffer_bytes => "write_buffer_bytes");
+         block_cache_bytes => "block_cache_bytes", write_buffer_bytes => "write_buffer_bytes",
+         peer_audit_file => "peer_audit_file");
     v
 }
 

@@ -836,6 +836,27 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
+/// Test builds (feature `peer-audit`): appends a client's IP address to `peer_audit_file`,
+/// so the Tor end-to-end test can prove the node only ever saw exits. Blocking file I/O on the
+/// executor is acceptable there and nowhere else; production builds compile this to nothing.
+#[cfg(feature = "peer-audit")]
+fn audit_client(shared: &Shared, stream: &TcpStream) {
+    use std::io::Write;
+    let (Some(path), Ok(addr)) = (&shared.cfg.peer_audit_file, stream.peer_addr()) else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{}", addr.ip());
+    }
+}
+
+#[cfg(not(feature = "peer-audit"))]
+fn audit_client(_: &Shared, _: &TcpStream) {}
+
 async fn serve(core: Rc<Core>, stream: TcpStream, id: u64) {
     core.shared.metrics.connections_open.inc();
     let mut conn = Conn::new(core.clone(), stream);
@@ -1183,6 +1204,7 @@ impl Conn {
         }
         self.noise = Some(Box::new(transport));
         self.hello_done = true;
+        audit_client(&shared, &self.stream);
         shared
             .metrics
             .requests
@@ -1287,6 +1309,7 @@ impl Conn {
                 return self.reject(request_id, code, detail);
             }
             self.hello_done = true;
+            audit_client(&shared, &self.stream);
             shared
                 .metrics
                 .requests
