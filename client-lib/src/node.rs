@@ -208,9 +208,13 @@ impl NodeClient {
         if plaintext_hello {
             let out = frame::encode_to_vec(0, &hello_msg)?;
             let ack = within(timeout, "hello", async {
-                wr.write_all(&out)
-                    .await
-                    .map_err(|_| ClientError::Closed { op: "hello" })?;
+                // Streams that buffer (Tor's cells) send on flush.
+                async {
+                    wr.write_all(&out).await?;
+                    wr.flush().await
+                }
+                .await
+                .map_err(|_| ClientError::Closed { op: "hello" })?;
                 let (kind, id, body) = read_frame(&mut rd, &mut buf, opts.max_frame_bytes).await?;
                 decode_as(&mut decoder, kind, id, &body)
             })
@@ -249,9 +253,13 @@ impl NodeClient {
                 &mut out,
             );
             let ack = within(timeout, "handshake", async {
-                wr.write_all(&out)
-                    .await
-                    .map_err(|_| ClientError::Closed { op: "handshake" })?;
+                // Streams that buffer (Tor's cells) send on flush.
+                async {
+                    wr.write_all(&out).await?;
+                    wr.flush().await
+                }
+                .await
+                .map_err(|_| ClientError::Closed { op: "handshake" })?;
                 let (kind, id, body) = read_frame(&mut rd, &mut buf, opts.max_frame_bytes).await?;
                 if kind != tarn_proto::noise::KIND_NOISE_HELLO_ACK {
                     // A plaintext refusal (wrong network, …) or nonsense.
@@ -310,7 +318,11 @@ impl NodeClient {
                     batch = sealed;
                 }
                 // A node that stops reading must not make us queue without bound.
-                match tokio::time::timeout(write_timeout, wr.write_all(&batch)).await {
+                let sent = async {
+                    wr.write_all(&batch).await?;
+                    wr.flush().await
+                };
+                match tokio::time::timeout(write_timeout, sent).await {
                     Ok(Ok(())) => {}
                     _ => break,
                 }

@@ -366,7 +366,12 @@ impl TorTransport {
     ) -> Result<(TorTransport, mpsc::Receiver<TorEvent>), TorError> {
         let cfg = load_config(&opts)?;
         for dir in [&opts.state_dir, &opts.cache_dir] {
-            std::fs::create_dir_all(dir)
+            // arti refuses state that others can read: private from the start.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|e| TorError::Start(format!("{}: {e}", dir.display())))?;
         }
         let rt = TokioNativeTlsRuntime::current()
@@ -376,7 +381,7 @@ impl TorTransport {
             .bootstrap_behavior(BootstrapBehavior::Manual)
             .create_unbootstrapped_async()
             .await
-            .map_err(|e| TorError::Start(e.to_string()))?;
+            .map_err(|e| TorError::Start(chain(&e)))?;
         let (tx, rx) = mpsc::channel(256);
         let mut progress = client.bootstrap_events();
         let ptx = tx.clone();
@@ -399,7 +404,7 @@ impl TorTransport {
         });
         match tokio::time::timeout(opts.bootstrap_timeout, client.bootstrap()).await {
             Err(_) => return Err(TorError::BootstrapTimeout(opts.bootstrap_timeout)),
-            Ok(Err(e)) => return Err(TorError::Bootstrap(e.to_string())),
+            Ok(Err(e)) => return Err(TorError::Bootstrap(chain(&e))),
             Ok(Ok(())) => {}
         }
         Ok((
@@ -452,7 +457,7 @@ impl TorTransport {
             .await;
             last = match tried {
                 Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(e)) => (ConnectFailure::of(e.kind()), e.to_string()),
+                Ok(Err(e)) => (ConnectFailure::of(e.kind()), chain(&e)),
                 Err(_) => (
                     ConnectFailure::Timeout,
                     format!("no stream within {:?}", opts.connect_timeout),
@@ -480,6 +485,18 @@ impl TorTransport {
             detail: last.1,
         })
     }
+}
+
+/// An error and its sources, one line (arti's top-level messages leave out the cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 /// Splits `host:port` (the host may be a bracketed IPv6 address).
@@ -566,7 +583,7 @@ impl Transport for TorTransport {
             let (svc, requests) = inner
                 .client
                 .launch_onion_service(cfg)
-                .map_err(|e| TorError::OnionService(e.to_string()))?
+                .map_err(|e| TorError::OnionService(chain(&e)))?
                 .ok_or_else(|| TorError::OnionService("disabled by configuration".into()))?;
             let hsid = svc
                 .onion_address()

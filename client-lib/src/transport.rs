@@ -97,7 +97,9 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> io::Resu
     let mut buf = Vec::with_capacity(2 + msg.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(msg);
-    w.write_all(&buf).await
+    w.write_all(&buf).await?;
+    // Streams that buffer (Tor's cells) send on flush.
+    w.flush().await
 }
 
 /// Reads one length-prefixed message.

@@ -2,8 +2,8 @@
 # Installs the system packages tarn's build and tests need, when missing (Debian 12, as root):
 # clang + libclang-dev (RocksDB bindings), chrony (time tests), prometheus (promtool, live
 # scrape test), systemd (systemd-analyze for the unit files), libssl-dev + libsqlite3-dev +
-# pkg-config (arti-client, the Tor transport), tor (the private Tor network of the Tor tests; its
-# system service is not started).
+# pkg-config (arti-client, the Tor transport), tor + iproute2 + curl (the private Tor network
+# of the Tor test, in a network namespace of its own; tor's system service is not started).
 # Safe to run again: it installs nothing that is already there.
 set -euo pipefail
 
@@ -17,6 +17,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
 command -v tor-gencert >/dev/null 2>&1 || need+=(tor)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done

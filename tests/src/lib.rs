@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use tarn_client::{NodeClient, NodeOptions};
 
+pub mod chat;
+pub mod tornet;
+
 /// Directory holding the workspace's binaries for the running profile.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -2,118 +2,12 @@
 //! comes online first, see status changes, exchange messages exactly once and in order, see a
 //! clean quit as offline at once and a crash (kill -9) within two refresh intervals.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use tarn_tests::chat::{chat, User};
 use tarn_tests::{start_ring, Node};
 
 const REFRESH_MS: u64 = 1000;
-
-fn chat_bin() -> PathBuf {
-    let p = tarn_tests::bin_dir().join("examples/tarn-chat");
-    assert!(
-        p.exists(),
-        "{} missing: cargo build --release --examples -p tarn-client",
-        p.display()
-    );
-    p
-}
-
-fn chat(args: &[&str]) -> String {
-    let out = Command::new(chat_bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "tarn-chat {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-struct User {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl User {
-    fn run(profile: &Path, nodes: &str) -> User {
-        let mut child = Command::new(chat_bin())
-            .args([
-                "run",
-                "--profile",
-                profile.to_str().unwrap(),
-                "--node",
-                nodes,
-                "--refresh-ms",
-                &REFRESH_MS.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        let mut u = User {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        };
-        u.expect("ready", Duration::from_secs(20));
-        u
-    }
-
-    fn say(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Waits for an exact output line.
-    fn expect(&mut self, line: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(i) = self.seen.iter().position(|l| l == line) {
-                self.seen.remove(i);
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no {line:?} within {within:?}; saw {:?}", self.seen),
-            }
-        }
-    }
-
-    /// Every line that arrives within `d`.
-    fn drain(&mut self, d: Duration) -> Vec<String> {
-        let deadline = Instant::now() + d;
-        while let Ok(l) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(l);
-        }
-        std::mem::take(&mut self.seen)
-    }
-}
-
-impl Drop for User {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn two_users_find_each_other_chat_and_see_each_other_leave() {
@@ -151,8 +45,8 @@ fn two_users_find_each_other_chat_and_see_each_other_leave() {
     ]);
 
     // Alice first, then Bob: Bob finds Alice's record; Alice hears from Bob.
-    let mut alice = User::run(&pa, &nodes);
-    let mut bob = User::run(&pb, &nodes);
+    let mut alice = User::run(&pa, &nodes, REFRESH_MS);
+    let mut bob = User::run(&pb, &nodes, REFRESH_MS);
     let t = Duration::from_secs(15);
     bob.expect("online alice A", t);
     alice.expect("online bob A", t);
@@ -179,7 +73,7 @@ fn two_users_find_each_other_chat_and_see_each_other_leave() {
 
     // Bob again (this time Alice was first to be online, Bob the later one again is covered;
     // now Bob crashes): Alice sees him offline within two refresh intervals (plus slack).
-    let mut bob = User::run(&pb, &nodes);
+    let mut bob = User::run(&pb, &nodes, REFRESH_MS);
     alice.expect("online bob A", t);
     bob.expect("online alice A", t);
     let _ = bob.child.kill();
@@ -214,8 +108,8 @@ fn the_later_user_is_found_whichever_comes_first() {
         "x",
     ]);
     // Bob first this time, and both start almost together.
-    let mut bob = User::run(&pb, &nodes);
-    let mut alice = User::run(&pa, &nodes);
+    let mut bob = User::run(&pb, &nodes, REFRESH_MS);
+    let mut alice = User::run(&pa, &nodes, REFRESH_MS);
     let t = Duration::from_secs(15);
     alice.expect("online bob A", t);
     bob.expect("online alice A", t);

@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# tornet.sh - start/stop a small private Tor network on 127.0.0.1 (chutney-like)
+#
+#   tornet.sh start  DIR [BASEPORT]   generate keys + torrcs, launch, wait until ready
+#   tornet.sh stop   DIR              kill every PID listed in DIR/*.pid
+#   tornet.sh status DIR              run the readiness checks once (exit 0 = ready)
+#   tornet.sh wait   DIR [TIMEOUT]    poll the readiness checks until ready
+#
+# Topology (8 tor processes, all listening on 127.0.0.1 only):
+#   test000a test001a test002a   directory authorities (also non-exit relays)
+#   test003r test004r test005r   middle relays (non-exit)
+#   test006e test007e            exit relays (OutboundBindAddressExit 127.0.0.2)
+# Ports: node i (0..7) uses ORPort BASEPORT+2i and DirPort BASEPORT+2i+1,
+# i.e. BASEPORT .. BASEPORT+15.
+#
+# Environment knobs:
+#   TOR=tor  TOR_GENCERT=tor-gencert          binaries
+#   TORNET_VOTING_INTERVAL=20                 V3AuthVotingInterval (seconds, multiple of 5, >=15)
+#   TORNET_TIMEOUT=300                        seconds `start` waits for readiness
+#   TORNET_NO_WAIT=1                          `start` returns right after launching
+#   TORNET_EXIT_OPEN=1                        exits also "accept *:*" (needed for arti, see NOTES)
+#   TORNET_INFO_LOG=1                         also write info.log per node
+#
+# Output: DIR/network.env (sourceable), DIR/arti-network.toml (arti snippet),
+#         DIR/<nick>/{torrc,notice.log,...}, DIR/<nick>.pid
+set -u -o pipefail
+
+TOR=${TOR:-tor}
+TOR_GENCERT=${TOR_GENCERT:-tor-gencert}
+VI=${TORNET_VOTING_INTERVAL:-20}
+IP=127.0.0.1
+EXIT_BIND_IP=127.0.0.2
+
+NICKS=(test000a test001a test002a test003r test004r test005r test006e test007e)
+ROLES=(auth auth auth middle middle middle exit exit)
+
+die() { echo "tornet: $*" >&2; exit 1; }
+log() { echo "tornet: $*" >&2; }
+
+hex2b64() { # 40-hex RSA fingerprint -> unpadded base64, as used in consensus "r" lines
+    local hex=$1 esc="" i
+    for ((i = 0; i < ${#hex}; i += 2)); do esc+="\\x${hex:i:2}"; done
+    printf "$esc" | base64 | tr -d '=\n'
+}
+
+node_orport()  { echo $((BASEPORT + 2 * $1)); }
+node_dirport() { echo $((BASEPORT + 2 * $1 + 1)); }
+
+load_env() {
+    [ -f "$DIR/network.env" ] || die "$DIR/network.env not found"
+    # shellcheck disable=SC1091
+    . "$DIR/network.env"
+    BASEPORT=$TORNET_BASEPORT
+    LAUNCH_EPOCH=${TORNET_LAUNCH_EPOCH:-0}
+}
+
+# ---------------------------------------------------------------------------
+gen_keys() {
+    local i
+    for i in "${!NICKS[@]}"; do gen_keys_one "$i" & done
+    wait
+    for i in "${!NICKS[@]}"; do
+        [ -s "$DIR/${NICKS[$i]}/fingerprint" ] && [ -s "$DIR/${NICKS[$i]}/fingerprint-ed25519" ] ||
+            die "key generation failed for ${NICKS[$i]}"
+        [ "${ROLES[$i]}" != auth ] || [ -s "$DIR/${NICKS[$i]}/keys/authority_certificate" ] ||
+            die "tor-gencert failed for ${NICKS[$i]}"
+    done
+}
+
+gen_keys_one() {
+    local i=$1 nick d
+    {
+        nick=${NICKS[$i]}
+        d=$DIR/$nick
+        mkdir -p "$d/keys"
+        chmod 700 "$d"
+        if [ "${ROLES[$i]}" = auth ]; then
+            # Authority identity key (encrypted with an empty passphrase) + signing key + cert.
+            (cd "$d/keys" && printf '\n' | "$TOR_GENCERT" --create-identity-key \
+                --passphrase-fd 0 -m 12 -a "$IP:$(node_dirport "$i")" \
+                -i authority_identity_key -s authority_signing_key -c authority_certificate \
+                >/dev/null 2>&1) || die "tor-gencert failed for $nick"
+        fi
+        # Generate the relay identity keys (RSA secret_id_key + ed25519 master key)
+        # and write DIR/nick/fingerprint and DIR/nick/fingerprint-ed25519.
+        "$TOR" --list-fingerprint --quiet --DataDirectory "$d" \
+            --ORPort "$IP:$(node_orport "$i")" --Address "$IP" --Nickname "$nick" \
+            --SocksPort 0 --Log "err stderr" >/dev/null || die "tor --list-fingerprint failed for $nick"
+    }
+}
+
+fp_of()   { awk '{print $2}' "$DIR/$1/fingerprint"; }
+ed_of()   { awk '{print $2}' "$DIR/$1/fingerprint-ed25519"; }
+v3id_of() { awk '/^fingerprint /{print $2}' "$DIR/$1/keys/authority_certificate"; }
+
+write_torrcs() {
+    local i nick role d dirauths="" exit_fps="" hsdir_min DELAY
+    hsdir_min=$((24 * VI / 60))
+    # vote delay + dist delay must be < VI/2: 15 -> 3, >=20 -> 4
+    DELAY=$(((VI - 1) / 4)); ((DELAY > 4)) && DELAY=4
+    for i in "${!NICKS[@]}"; do
+        [ "${ROLES[$i]}" = auth ] || continue
+        nick=${NICKS[$i]}
+        dirauths+="DirAuthority $nick orport=$(node_orport "$i") no-v2 v3ident=$(v3id_of "$nick") $IP:$(node_dirport "$i") $(fp_of "$nick")"$'\n'
+    done
+    for i in "${!NICKS[@]}"; do
+        [ "${ROLES[$i]}" = exit ] && exit_fps+="${exit_fps:+,}$(fp_of "${NICKS[$i]}")"
+    done
+    printf 'nameserver 127.0.0.1\n' >"$DIR/resolv.conf"
+
+    for i in "${!NICKS[@]}"; do
+        nick=${NICKS[$i]} role=${ROLES[$i]} d=$DIR/$nick
+        {
+            cat <<EOF
+# generated by tornet.sh ($role)
+TestingTorNetwork 1
+$dirauths
+DataDirectory $d
+PidFile $DIR/$nick.pid
+RunAsDaemon 1
+Nickname $nick
+ContactInfo $nick@tornet.invalid
+Address $IP
+AddressDisableIPv6 1
+ORPort $IP:$(node_orport "$i")
+DirPort $IP:$(node_dirport "$i")
+SocksPort 0
+ControlPort 0
+OutboundBindAddress $IP
+ConnLimit 256
+ShutdownWaitLength 0
+DisableDebuggerAttachment 0
+
+AssumeReachable 1
+PathsNeededToBuildCircuits 0.67
+TestingServerDownloadInitialDelay 0
+TestingServerConsensusDownloadInitialDelay 0
+
+# No real DNS in the test net: never let an exit decide "DNS is broken"
+# (that makes it publish "reject *:*").
+ServerDNSDetectHijacking 0
+ServerDNSAllowBrokenConfig 1
+ServerDNSResolvConfFile $DIR/resolv.conf
+
+Log notice file $d/notice.log
+ProtocolWarnings 1
+SafeLogging 0
+LogTimeGranularity 1
+EOF
+            [ "${TORNET_INFO_LOG:-0}" = 1 ] && echo "Log info file $d/info.log"
+            case $role in
+            auth)
+                cat <<EOF
+
+AuthoritativeDirectory 1
+V3AuthoritativeDirectory 1
+TestingV3AuthInitialVotingInterval $VI
+TestingV3AuthInitialVoteDelay $DELAY
+TestingV3AuthInitialDistDelay $DELAY
+V3AuthVotingInterval $VI
+V3AuthVoteDelay $DELAY
+V3AuthDistDelay $DELAY
+V3AuthNIntervalsValid 2
+TestingDirAuthVoteExit $exit_fps
+TestingDirAuthVoteExitIsStrict 1
+TestingDirAuthVoteHSDir *
+TestingDirAuthVoteGuard *
+TestingMinExitFlagThreshold 0
+TestingMinFastFlagThreshold 0
+# Fast normally needs bw >= the 1/8th-percentile relay; 1 byte => every relay is Fast
+AuthDirFastGuarantee 1
+AuthDirVoteStableGuaranteeMinUptime 0
+AuthDirMaxServersPerAddr 0
+# Arti reads the HS time period from this param; C tor in TestingTorNetwork
+# mode uses 24*V3AuthVotingInterval instead. Keep them equal.
+ConsensusParams hsdir_interval=$hsdir_min
+ExitRelay 0
+ExitPolicy reject *:*
+EOF
+                ;;
+            middle)
+                printf '\nExitRelay 0\nExitPolicy reject *:*\n'
+                ;;
+            exit)
+                cat <<EOF
+
+ExitRelay 1
+OutboundBindAddressOR $IP
+OutboundBindAddressExit $EXIT_BIND_IP
+ExitPolicyRejectPrivate 0
+ExitPolicyRejectLocalInterfaces 0
+ExitPolicy accept 127.0.0.0/8:*
+ExitPolicy accept private:*
+EOF
+                [ "${TORNET_EXIT_OPEN:-1}" = 1 ] && echo 'ExitPolicy accept *:*'
+                echo 'ExitPolicy reject *:*'
+                ;;
+            esac
+        } >"$d/torrc"
+    done
+    local -a vpids=()
+    for i in "${!NICKS[@]}"; do
+        d=$DIR/${NICKS[$i]}
+        "$TOR" --verify-config -f "$d/torrc" --quiet >/dev/null 2>"$d/verify.err" &
+        vpids+=($!)
+    done
+    for i in "${!NICKS[@]}"; do
+        wait "${vpids[$i]}" || { cat "$DIR/${NICKS[$i]}/verify.err" >&2; die "torrc for ${NICKS[$i]} does not verify"; }
+    done
+}
+
+write_env() {
+    local i nick f
+    f=$DIR/network.env
+    {
+        echo "# generated by tornet.sh $(date -u +%FT%TZ)"
+        echo "TORNET_DIR=$DIR"
+        echo "TORNET_BASEPORT=$BASEPORT"
+        echo "TORNET_VOTING_INTERVAL=$VI"
+        echo "TORNET_HSDIR_INTERVAL_MINUTES=$((24 * VI / 60))"
+        echo "TORNET_NODES=\"${NICKS[*]}\""
+        local v3="" auths="" exits="" mids=""
+        for i in "${!NICKS[@]}"; do
+            nick=${NICKS[$i]}
+            case ${ROLES[$i]} in
+            auth) v3+="${v3:+ }$(v3id_of "$nick")" auths+="${auths:+ }$nick" ;;
+            middle) mids+="${mids:+ }$nick" ;;
+            exit) exits+="${exits:+ }$nick" ;;
+            esac
+        done
+        echo "TORNET_AUTHORITIES=\"$auths\""
+        echo "TORNET_MIDDLES=\"$mids\""
+        echo "TORNET_EXITS=\"$exits\""
+        echo "TORNET_AUTH_V3IDENTS=\"$v3\""
+        for i in "${!NICKS[@]}"; do
+            nick=${NICKS[$i]}
+            echo "TORNET_${nick}_ROLE=${ROLES[$i]}"
+            echo "TORNET_${nick}_ORPORT=$(node_orport "$i")"
+            echo "TORNET_${nick}_DIRPORT=$(node_dirport "$i")"
+            echo "TORNET_${nick}_FINGERPRINT=$(fp_of "$nick")"
+            echo "TORNET_${nick}_ED25519=$(ed_of "$nick")"
+            [ "${ROLES[$i]}" = auth ] && echo "TORNET_${nick}_V3IDENT=$(v3id_of "$nick")"
+            echo "TORNET_${nick}_DATADIR=$DIR/$nick"
+        done
+    } >"$f"
+
+    # Arti snippet (tor_network + test-network tweaks).
+    {
+        echo "# generated by tornet.sh: arti config for this test network"
+        echo "[tor_network]"
+        echo "fallback_caches = ["
+        for i in "${!NICKS[@]}"; do
+            nick=${NICKS[$i]}
+            echo "  { rsa_identity = \"$(fp_of "$nick")\", ed_identity = \"$(ed_of "$nick")\", orports = [\"$IP:$(node_orport "$i")\"] },"
+        done
+        echo "]"
+        echo "[tor_network.authorities]"
+        printf 'v3idents = ['
+        local sep=""
+        for i in "${!NICKS[@]}"; do
+            [ "${ROLES[$i]}" = auth ] || continue
+            printf '%s"%s"' "$sep" "$(v3id_of "${NICKS[$i]}")"; sep=", "
+        done
+        echo "]"
+        for k in uploads downloads votes; do
+            printf '%s = [' "$k"; sep=""
+            for i in "${!NICKS[@]}"; do
+                [ "${ROLES[$i]}" = auth ] || continue
+                printf '%s["%s:%s"]' "$sep" "$IP" "$(node_dirport "$i")"; sep=", "
+            done
+            echo "]"
+        done
+        echo
+        echo "[path_rules]"
+        echo "# all relays share 127.0.0.1: disable same-subnet family rule"
+        echo "ipv4_subnet_family_prefix = 33"
+        echo "ipv6_subnet_family_prefix = 129"
+        echo
+        echo "[address_filter]"
+        echo "allow_local_addrs = true"
+        echo
+        echo "[override_net_params]"
+        echo "# = 24 * V3AuthVotingInterval / 60 (C tor TestingTorNetwork time period)"
+        echo "hsdir_interval = $((24 * VI / 60))"
+    } >"$DIR/arti-network.toml"
+}
+
+# ---------------------------------------------------------------------------
+# Readiness checks. Prints what is missing; returns 0 when everything is ready.
+check_ready() {
+    local i j f nick d cons want_flags line fpb64 dp mds vu va
+    local -a problems=()
+
+    for i in "${!NICKS[@]}"; do
+        nick=${NICKS[$i]} d=$DIR/$nick
+        # 1. process alive
+        if ! [ -s "$DIR/$nick.pid" ] || ! kill -0 "$(cat "$DIR/$nick.pid")" 2>/dev/null; then
+            problems+=("$nick: not running"); continue
+        fi
+        # 2. bootstrapped
+        grep -q 'Bootstrapped 100% (done): Done' "$d/notice.log" 2>/dev/null ||
+            problems+=("$nick: not bootstrapped")
+        # 3. its own copy of the microdesc consensus lists all 8 relays with the right flags
+        cons=$d/cached-microdesc-consensus
+        if ! [ -s "$cons" ]; then problems+=("$nick: no cached-microdesc-consensus"); continue; fi
+        vu=$(date -u -d "$(awk '$1=="valid-until"{print $2" "$3; exit}' "$cons")" +%s 2>/dev/null || echo 0)
+        va=$(date -u -d "$(awk '$1=="valid-after"{print $2" "$3; exit}' "$cons")" +%s 2>/dev/null || echo 0)
+        ((vu > $(date +%s))) || problems+=("$nick: cached consensus expired")
+        ((va >= LAUNCH_EPOCH)) || problems+=("$nick: cached consensus predates this launch")
+        for j in "${!NICKS[@]}"; do
+            fpb64=$(hex2b64 "$(fp_of "${NICKS[$j]}")")
+            line=$(awk -v n="${NICKS[$j]}" -v id="$fpb64" '
+                $1=="r" { cur = ($2==n && $3==id) } cur && $1=="s" { print; exit }' "$cons")
+            if [ -z "$line" ]; then problems+=("$nick: consensus lacks ${NICKS[$j]}"); continue; fi
+            want_flags="Fast Guard HSDir Running Stable V2Dir Valid"
+            case ${ROLES[$j]} in
+            auth) want_flags+=" Authority" ;;
+            exit) want_flags+=" Exit" ;;
+            esac
+            for f in $want_flags; do
+                [[ " $line " == *" $f "* ]] || problems+=("$nick: ${NICKS[$j]} lacks $f")
+            done
+            if [ "${ROLES[$j]}" != exit ] && [[ " $line " == *" Exit "* ]]; then
+                problems+=("$nick: ${NICKS[$j]} unexpectedly has Exit")
+            fi
+        done
+    done
+
+    # 4. every authority serves a fresh microdesc consensus and all microdescs
+    #    over its DirPort (what arti fetches, via BEGINDIR on the ORPort).
+    if command -v curl >/dev/null; then
+        for i in "${!NICKS[@]}"; do
+            [ "${ROLES[$i]}" = auth ] || continue
+            nick=${NICKS[$i]} dp=$(node_dirport "$i")
+            cons=$(curl -sf --max-time 5 "http://$IP:$dp/tor/status-vote/current/consensus-microdesc") ||
+                { problems+=("$nick: DirPort serves no consensus"); continue; }
+            [ "$(grep -c '^r ' <<<"$cons")" -eq ${#NICKS[@]} ] ||
+                problems+=("$nick: served consensus has $(grep -c '^r ' <<<"$cons") relays")
+            mds=$(awk '$1=="m"{printf "%s%s", sep, $2; sep="-"}' <<<"$cons")
+            [ -n "$mds" ] && [ "$(curl -sf --max-time 5 "http://$IP:$dp/tor/micro/d/$mds" |
+                grep -c '^onion-key')" -eq ${#NICKS[@]} ] ||
+                problems+=("$nick: does not serve all ${#NICKS[@]} microdescriptors")
+        done
+    fi
+
+    if [ ${#problems[@]} -eq 0 ]; then return 0; fi
+    printf '%s\n' "${problems[@]}" >"$DIR/not-ready.txt"
+    return 1
+}
+
+# Relays that tried to fetch a consensus before the authorities had one get
+# 404s and back off exponentially (we saw 1-2 min extra delays). Once an
+# authority has a consensus, SIGHUP such relays: on HUP tor resets its
+# download-failure counters and refetches immediately (and re-uploads its
+# descriptor).
+declare -A LAST_KICK=() N_KICK=()
+kick_laggards() {
+    local i nick pid va have_cons=0
+    for i in "${!NICKS[@]}"; do
+        [ "${ROLES[$i]}" = auth ] || continue
+        va=$(awk '$1=="valid-after"{print $2" "$3; exit}' "$DIR/${NICKS[$i]}/cached-microdesc-consensus" 2>/dev/null)
+        [ -n "$va" ] && (($(date -u -d "$va" +%s) >= LAUNCH_EPOCH)) && have_cons=1
+    done
+    [ $have_cons = 1 ] || return 0
+    for i in "${!NICKS[@]}"; do
+        nick=${NICKS[$i]}
+        [ "${ROLES[$i]}" = auth ] && continue # never disturb the voting authorities
+        grep -q 'Bootstrapped 100% (done): Done' "$DIR/$nick/notice.log" 2>/dev/null && continue
+        # SIGHUP before tor installed its signal handlers kills it (default action):
+        # "Bootstrapped 0%" is logged right after handle_signals() in run_tor_main_loop.
+        grep -q 'Bootstrapped 0% (starting)' "$DIR/$nick/notice.log" 2>/dev/null || continue
+        ((${N_KICK[$nick]:-0} < 3)) || continue
+        ((SECONDS - ${LAST_KICK[$nick]:--100} >= 10)) || continue
+        pid=$(cat "$DIR/$nick.pid" 2>/dev/null) || continue
+        if kill -HUP "$pid" 2>/dev/null; then
+            LAST_KICK[$nick]=$SECONDS N_KICK[$nick]=$((${N_KICK[$nick]:-0} + 1))
+            echo "$(date -u +%T) SIGHUP $nick" >>"$DIR/kicks.log"
+        fi
+    done
+}
+
+wait_ready() {
+    local timeout=${1:-300} start=$SECONDS
+    while ! check_ready; do
+        [ "${TORNET_NO_KICK:-0}" = 1 ] || kick_laggards
+        if ((SECONDS - start >= timeout)); then
+            log "NOT READY after ${timeout}s:"; sed 's/^/  /' "$DIR/not-ready.txt" | sort -u | head -40 >&2
+            return 1
+        fi
+        sleep 2
+    done
+    rm -f "$DIR/not-ready.txt"
+    return 0
+}
+
+# ---------------------------------------------------------------------------
+cmd_start() {
+    DIR=$(mkdir -p "$1" && cd "$1" && pwd) || die "cannot create $1"
+    BASEPORT=${2:-15000}
+    case $VI in *[!0-9]*) die "TORNET_VOTING_INTERVAL must be an integer" ;; esac
+    { ((VI % 5 == 0)) && ((VI >= 15)) && ((86400 % VI == 0)); } ||
+        die "TORNET_VOTING_INTERVAL=$VI: must divide 86400, be a multiple of 5 and >= 15"
+    ls "$DIR"/*.pid >/dev/null 2>&1 && die "$DIR already has pid files; run '$0 stop $DIR' first"
+    local p
+    for ((p = BASEPORT; p < BASEPORT + 2 * ${#NICKS[@]}; p++)); do
+        (exec 3<>"/dev/tcp/$IP/$p") 2>/dev/null && die "port $p already in use on $IP"
+    done
+    local t0=$SECONDS
+    if [ -f "$DIR/${NICKS[0]}/fingerprint" ]; then
+        # Re-use identities from a previous run in this DIR (ports are baked into authority certs).
+        local oldbase
+        oldbase=$(sed -n 's/^TORNET_BASEPORT=//p' "$DIR/network.env" 2>/dev/null)
+        [ -z "$oldbase" ] || [ "$oldbase" = "$BASEPORT" ] ||
+            die "$DIR was created with BASEPORT $oldbase; use that or a fresh DIR"
+    else
+        gen_keys
+    fi
+    write_torrcs
+    write_env
+
+    local i nick
+    # Restart in an existing DIR: keep identities, drop all other state
+    # (old logs, cached consensuses in diff-cache, votes...) so nothing stale
+    # looks "ready" and the authorities start a fresh voting schedule.
+    for nick in "${NICKS[@]}"; do
+        find "$DIR/$nick" -mindepth 1 -maxdepth 1 ! -name keys ! -name torrc \
+            ! -name 'fingerprint*' -exec rm -rf {} +
+    done
+    rm -f "$DIR/kicks.log"
+    LAUNCH_EPOCH=$(date +%s)
+    echo "TORNET_LAUNCH_EPOCH=$LAUNCH_EPOCH" >>"$DIR/network.env"
+    for i in "${!NICKS[@]}"; do
+        nick=${NICKS[$i]}
+        # RunAsDaemon: returns once the config is loaded and ports are bound,
+        # exit status != 0 on errors.
+        "$TOR" -f "$DIR/$nick/torrc" --quiet >"$DIR/$nick/stdout.log" 2>&1 ||
+            { cat "$DIR/$nick/stdout.log" >&2; cmd_stop "$DIR"; die "failed to launch $nick"; }
+        for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$DIR/$nick.pid" ] && break; sleep 0.2; done
+        echo "TORNET_${nick}_PID=$(cat "$DIR/$nick.pid")" >>"$DIR/network.env"
+    done
+    log "launched ${#NICKS[@]} tor processes in $DIR (ports $BASEPORT-$((BASEPORT + 2 * ${#NICKS[@]} - 1)))"
+    [ "${TORNET_NO_WAIT:-0}" = 1 ] && return 0
+    if wait_ready "${TORNET_TIMEOUT:-300}"; then
+        echo "TORNET_READY_SECONDS=$((SECONDS - t0))" >>"$DIR/network.env"
+        log "network ready after $((SECONDS - t0))s; see $DIR/network.env"
+    else
+        return 1
+    fi
+}
+
+cmd_stop() {
+    local dir f pid n=0
+    dir=$(cd "$1" 2>/dev/null && pwd) || die "no such directory: $1"
+    local -a pids=()
+    # Collect PIDs first: tor deletes its own PidFile while shutting down.
+    for f in "$dir"/*.pid; do
+        [ -e "$f" ] || continue
+        pid=$(cat "$f" 2>/dev/null)
+        # only signal a live tor process that was started with a torrc under $dir
+        if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "-f $dir/"; then
+            pids+=("$pid")
+        fi
+    done
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && n=$((n + 1)); done
+    for _ in $(seq 1 100); do # up to 10s
+        local alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do
+        kill -0 "$pid" 2>/dev/null && { log "pid $pid ignored SIGTERM, sending SIGKILL"; kill -KILL "$pid"; }
+    done
+    rm -f "$dir"/*.pid
+    log "stopped $n tor processes"
+}
+
+case ${1:-} in
+start) [ $# -ge 2 ] || die "usage: $0 start DIR [BASEPORT]"; cmd_start "$2" "${3:-15000}" ;;
+stop) [ $# -ge 2 ] || die "usage: $0 stop DIR"; cmd_stop "$2" ;;
+status) [ $# -ge 2 ] || die "usage: $0 status DIR"; DIR=$(cd "$2" && pwd); load_env
+    if check_ready; then echo ready; else sort -u "$DIR/not-ready.txt"; exit 1; fi ;;
+wait) [ $# -ge 2 ] || die "usage: $0 wait DIR [TIMEOUT]"; DIR=$(cd "$2" && pwd); load_env
+    wait_ready "${3:-300}" ;;
+*) die "usage: $0 {start DIR [BASEPORT]|stop DIR|status DIR|wait DIR [TIMEOUT]}" ;;
+esac
