@@ -18,7 +18,7 @@
 #   TORNET_VOTING_INTERVAL=20                 V3AuthVotingInterval (seconds, multiple of 5, >=15)
 #   TORNET_TIMEOUT=300                        seconds `start` waits for readiness
 #   TORNET_NO_WAIT=1                          `start` returns right after launching
-#   TORNET_EXIT_OPEN=1                        exits also "accept *:*" (needed for arti, see NOTES)
+#   TORNET_EXIT_OPEN=1                        exits also "accept *:*" (needed for arti, see README.md)
 #   TORNET_INFO_LOG=1                         also write info.log per node
 #
 # Output: DIR/network.env (sourceable), DIR/arti-network.toml (arti snippet),
