@@ -655,7 +655,7 @@ mod tests {
             Some((onion.as_str(), 7777))
         );
         for bad in [
-            format!("{onion}"),
+            onion.clone(),
             format!("{onion}:0"),
             format!("{onion}:x"),
             format!("{}.onion:7777", "a".repeat(55)),
