@@ -183,23 +183,20 @@ pub async fn start<T: Transport>(
     me: Identity,
     contacts: Vec<Contact>,
     transport: T,
-    cfg: EngineConfig,
+    mut cfg: EngineConfig,
 ) -> Result<(EngineHandle, mpsc::Receiver<Event>), EngineError> {
     let transport = Arc::new(transport);
     let (listener, contact_info) = transport.listen().await.map_err(EngineError::Listen)?;
     let mut conns = Vec::new();
+    let mut links = Vec::new();
     let mut last_err = String::from("no node configured");
     for addr in &cfg.nodes {
-        let connected = async {
-            let s = transport.dial_node(addr).await.map_err(|e| e.to_string())?;
-            NodeClient::connect_over(s, &cfg.node_options)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(cfg.node_options.timeout, connected).await {
-            Ok(Ok(c)) => conns.push(Arc::new(c)),
-            Ok(Err(e)) => last_err = format!("{addr}: {e}"),
-            Err(_) => last_err = format!("{addr}: timed out"),
+        match dial_node(&*transport, addr, &cfg).await {
+            Ok(c) => {
+                conns.push(Arc::new(c));
+                links.push(addr.clone());
+            }
+            Err(e) => last_err = format!("{addr}: {e}"),
         }
     }
     if conns.is_empty() {
@@ -233,6 +230,8 @@ pub async fn start<T: Transport>(
         next_generation: 1,
     }));
     tokio::spawn(accept_loop(listener, state.clone(), cfg.contact_timeout));
+    // From here on, `cfg.nodes` lists the connected nodes, aligned with the registry's.
+    cfg.nodes = links;
     tokio::spawn(run(
         state,
         transport,
@@ -484,10 +483,52 @@ async fn publish_pass(
     }
 }
 
+/// Dials a node and runs the node protocol's hello over the stream (bounded by the node
+/// timeout).
+async fn dial_node<T: Transport>(
+    transport: &T,
+    addr: &str,
+    cfg: &EngineConfig,
+) -> Result<NodeClient, String> {
+    let connected = async {
+        let s = transport.dial_node(addr).await.map_err(|e| e.to_string())?;
+        NodeClient::connect_over(s, &cfg.node_options)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(cfg.node_options.timeout, connected).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Redials every node connection that has closed (a node restart, a dead Tor circuit), so a
+/// long-running client never ends up with no nodes.
+async fn redial_closed<T: Transport>(
+    transport: &T,
+    registry: &mut Registry,
+    addrs: &[String],
+    cfg: &EngineConfig,
+) {
+    let closed: Vec<usize> = registry
+        .nodes()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.is_closed())
+        .map(|(i, _)| i)
+        .collect();
+    for i in closed {
+        if let Ok(c) = dial_node(transport, &addrs[i], cfg).await {
+            registry.replace_node(i, Arc::new(c));
+        }
+    }
+}
+
+/// `cfg.nodes` holds the addresses of `registry`'s connections, in the same order.
 async fn run<T: Transport>(
     state: Shared,
     transport: Arc<T>,
-    registry: Registry,
+    mut registry: Registry,
     time: TimeEstimate,
     own_info: String,
     cfg: EngineConfig,
@@ -538,6 +579,7 @@ async fn run<T: Transport>(
                 None => return,
             },
             _ = tick.tick() => {
+                redial_closed(&*transport, &mut registry, &cfg.nodes, &cfg).await;
                 let now = local_ms();
                 let epoch = time.epoch(now);
                 if epoch != published {

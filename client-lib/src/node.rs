@@ -350,6 +350,12 @@ impl NodeClient {
         })
     }
 
+    /// Whether the connection has ended (closed by the node, a dead circuit, a write that
+    /// timed out): every request fails at once; dial again.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.waiters).is_none()
+    }
+
     /// Whether requests travel over the encrypted channel.
     pub fn encrypted(&self) -> bool {
         self.encrypted

@@ -77,6 +77,18 @@ impl Registry {
         }
     }
 
+    /// The node connections, in the order they were given.
+    pub fn nodes(&self) -> &[Arc<NodeClient>] {
+        &self.nodes
+    }
+
+    /// Replaces connection `i` (a redial after it closed).
+    pub fn replace_node(&mut self, i: usize, node: Arc<NodeClient>) {
+        if let Some(slot) = self.nodes.get_mut(i) {
+            *slot = node;
+        }
+    }
+
     /// TIME_SYNC from every node; the median offset (one liar cannot move it).
     pub async fn sync_time(&self) -> Option<TimeEstimate> {
         let mut offsets = Vec::new();

@@ -125,3 +125,52 @@ fn the_later_user_is_found_whichever_comes_first() {
     alice.expect("offline bob", Duration::from_millis(2 * REFRESH_MS + 300));
     assert!(started.elapsed() >= Duration::from_millis(REFRESH_MS / 2));
 }
+
+/// Retrieve requests a node has answered since it started.
+fn retrieves(node: &Node) -> f64 {
+    node.scrape()
+        .lines()
+        .filter(|l| l.starts_with("tarn_requests_total{") && l.contains("type=\"retrieve\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_engine_redials_a_node_that_restarted() {
+    // A node restart (or a dead Tor circuit) closes the client's connection; the engine
+    // redials at its next refresh and keeps looking for offline contacts through it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(&dir.path().join("n0"), &[]);
+    let (pa, pb) = (dir.path().join("alice"), dir.path().join("bob"));
+    chat(&["init", "--profile", pa.to_str().unwrap(), "--name", "alice"]);
+    let card_b = chat(&["init", "--profile", pb.to_str().unwrap(), "--name", "bob"]);
+    chat(&[
+        "add",
+        "--profile",
+        pa.to_str().unwrap(),
+        "--card",
+        &card_b,
+        "--secret",
+        "x",
+    ]);
+    // Bob stays offline: alice retrieves his slots every refresh.
+    let _alice = User::run(&pa, &node.addr, REFRESH_MS);
+    let grows = |node: &Node, within: Duration| {
+        let deadline = Instant::now() + within;
+        let before = retrieves(node);
+        while Instant::now() < deadline {
+            if retrieves(node) > before {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(grows(&node, Duration::from_secs(10)), "alice retrieves");
+    node.kill9();
+    node.restart();
+    assert!(
+        grows(&node, Duration::from_millis(5 * REFRESH_MS)),
+        "alice redialled the restarted node and retrieves through it again"
+    );
+}
