@@ -8,7 +8,8 @@
 //! the contacts not online (current and previous epoch), and re-announces its status on every
 //! session (the heartbeat); a contact not heard from for 1.5 intervals (checked every quarter
 //! interval, so within two intervals of its last sign of life), or whose connection closes, is
-//! offline. [`EngineHandle::quit`] sends NOTIFY_STATUS(OFF) to every online contact.
+//! offline. Node connections that closed (a restart, a dead Tor circuit) are redialled every
+//! refresh. [`EngineHandle::quit`] sends NOTIFY_STATUS(OFF) to every online contact.
 //!
 //! Events come out of a channel; the application never polls.
 
