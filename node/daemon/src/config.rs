@@ -227,8 +227,11 @@ pub const KEYS: &[&str] = &[
     "block_cache_bytes",
     "write_buffer_bytes",
     "log",
-    "peer_audit_file",
 ];
+
+/// Keys of test builds only (feature `peer-audit`): accepted in a file, refused with a clear
+/// message by builds without the feature, never in the example config or the docs.
+pub const TEST_KEYS: &[&str] = &["peer_audit_file"];
 
 struct Loader {
     cfg: Config,
@@ -350,7 +353,7 @@ impl Loader {
                     continue;
                 }
             };
-            if !KEYS.contains(&key.as_str()) {
+            if !KEYS.contains(&key.as_str()) && !TEST_KEYS.contains(&key.as_str()) {
                 self.problem(&key, "unknown key");
                 continue;
             }
@@ -573,6 +576,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peer_audit_file_exists_only_in_test_builds() {
+        let r = Config::from_toml("peer_audit_file = \"/var/tmp/peers\"\n");
+        if cfg!(feature = "peer-audit") {
+            assert_eq!(
+                r.expect("accepted").peer_audit_file,
+                Some(PathBuf::from("/var/tmp/peers"))
+            );
+        } else {
+            let e = r.expect_err("refused").to_string();
+            assert!(
+                e.contains("peer_audit_file") && e.contains("peer-audit"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn defaults_are_valid() {
