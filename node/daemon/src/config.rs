@@ -77,6 +77,8 @@ pub struct Config {
     pub ntp_poll: Duration,
     /// RocksDB block cache.
     pub block_cache_bytes: u64,
+    /// Memory for the index of live epochs that serves reads (0: reads go to RocksDB).
+    pub index_bytes: u64,
     /// RocksDB memtable budget.
     pub write_buffer_bytes: u64,
     /// Log filter (tracing `EnvFilter` syntax).
@@ -117,6 +119,7 @@ impl Default for Config {
             ntp_servers: Vec::new(),
             ntp_poll: Duration::from_secs(64),
             block_cache_bytes: 64 << 20,
+            index_bytes: 256 << 20,
             write_buffer_bytes: 128 << 20,
             log: "info".into(),
             peer_audit_file: None,
@@ -225,6 +228,7 @@ pub const KEYS: &[&str] = &[
     "ntp_servers",
     "ntp_poll_secs",
     "block_cache_bytes",
+    "index_bytes",
     "write_buffer_bytes",
     "log",
 ];
@@ -300,6 +304,7 @@ impl Loader {
                 "ntp_servers" => c.ntp_servers = split_list(raw),
                 "ntp_poll_secs" => c.ntp_poll = Duration::from_secs(parse_num(raw)?),
                 "block_cache_bytes" => c.block_cache_bytes = parse_num(raw)?,
+                "index_bytes" => c.index_bytes = parse_num(raw)?,
                 "write_buffer_bytes" => c.write_buffer_bytes = parse_num(raw)?,
                 "log" => c.log = raw.to_string(),
                 "peer_audit_file" => {

@@ -103,6 +103,7 @@ fn changed_keys(a: &Config, b: &Config) -> Vec<&'static str> {
          frame_timeout => "frame_timeout_ms", idle_timeout => "idle_timeout_secs", wal => "wal",
          wal_sync_interval => "wal_sync_interval_ms", ntp_servers => "ntp_servers", ntp_poll => "ntp_poll_secs",
          block_cache_bytes => "block_cache_bytes", write_buffer_bytes => "write_buffer_bytes",
+         index_bytes => "index_bytes",
          peer_audit_file => "peer_audit_file");
     v
 }
@@ -130,6 +131,7 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
                 },
                 wal: cfg.wal,
                 block_cache_bytes: cfg.block_cache_bytes as usize,
+                index_bytes: cfg.index_bytes,
                 write_buffer_bytes: cfg.write_buffer_bytes as usize,
                 ..Default::default()
             },

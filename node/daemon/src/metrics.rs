@@ -492,6 +492,11 @@ impl Metrics {
                         "tarn_rocksdb_delayed_write_rate_bytes",
                         "RocksDB delayed-write rate, bytes/s (0: not delaying)",
                     ),
+                    (
+                        S::IndexBytes,
+                        "tarn_index_bytes",
+                        "Bytes held by the in-memory index of live epochs (reads served from memory)",
+                    ),
                 ]
                 .into_iter()
                 .map(|(stat, name, help)| {

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+#[cfg(feature = "rocksdb")]
+mod index;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;

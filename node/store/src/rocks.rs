@@ -25,6 +25,7 @@ use rocksdb::{
 };
 use tarn_proto::{Epoch, Id, Key};
 
+use crate::index::{LiveIndex, Lookup};
 use crate::store::{
     ring_ranges, DropReport, EngineStat, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
 };
@@ -65,6 +66,8 @@ pub struct RocksOptions {
     pub write_buffer_bytes: usize,
     /// Bound on the total WAL size (forces flushes of old partitions that would pin it).
     pub max_total_wal_bytes: u64,
+    /// Memory for the index of live epochs that serves reads (0: every read goes to RocksDB).
+    pub index_bytes: u64,
 }
 
 impl Default for RocksOptions {
@@ -75,6 +78,7 @@ impl Default for RocksOptions {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 128 << 20,
             max_total_wal_bytes: 256 << 20,
+            index_bytes: 256 << 20,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct RocksStore {
     /// holds it exclusively. A batch naming a partition dropped under it would make RocksDB
     /// record a fatal background error and refuse every later write.
     write_gate: RwLock<()>,
+    /// Live epochs in memory: reads are served from here when it is authoritative.
+    index: LiveIndex,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -166,6 +172,7 @@ impl RocksStore {
             WalPolicy::EveryWrite => write_opts.set_sync(true),
         }
 
+        let opts_index_bytes = opts.index_bytes;
         let store = RocksStore {
             db,
             path: path.to_owned(),
@@ -174,6 +181,7 @@ impl RocksStore {
             write_opts,
             ledger: Mutex::new(Ledger::default()),
             write_gate: RwLock::new(()),
+            index: LiveIndex::new(opts_index_bytes),
             partitions: Mutex::new(existing.iter().filter_map(|n| parse_cf_name(n)).collect()),
         };
         store.recount()?;
@@ -193,8 +201,13 @@ impl RocksStore {
                 epoch,
                 ..Default::default()
             };
+            // The same scan fills the index of live epochs.
+            self.index.add_epoch(epoch);
             for item in self.db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
-                let (_, v) = item.map_err(|e| StoreError::engine("open", e))?;
+                let (k, v) = item.map_err(|e| StoreError::engine("open", e))?;
+                if let Ok(kb) = <[u8; 32]>::try_from(&k[..]) {
+                    self.index.fill(epoch, Key(kb), &v);
+                }
                 let (n, b) = valueset::measure(&v);
                 stats.records += n;
                 stats.bytes += b;
@@ -236,6 +249,8 @@ impl RocksStore {
             });
         }
         if !parts.contains(&epoch) {
+            // Indexed before the partition exists, so no write can reach it unindexed.
+            self.index.add_epoch(epoch);
             self.db
                 .create_cf(&name, &self.cf_opts)
                 .map_err(|e| StoreError::engine("create partition", e))?;
@@ -265,8 +280,9 @@ impl Store for RocksStore {
         let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
         let mut results = self.ledger().admit(items, &self.opts.limits);
         let mut batch = WriteBatch::default();
-        let mut operand = Vec::with_capacity(64 + 1024);
-        let mut written = Vec::with_capacity(items.len());
+        // Every operand, back to back: written to the batch, then folded into the index.
+        let mut operands = Vec::with_capacity(items.len() * (64 + 320));
+        let mut written: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(items.len());
         // A batch nearly always spans one or two epochs: resolve each partition once.
         let mut handles: Vec<(
             Epoch,
@@ -300,25 +316,38 @@ impl Store for RocksStore {
                     continue;
                 }
             };
-            operand.clear();
-            valueset::encode_one(it.stamp, it.value, &mut operand);
-            batch.merge_cf(cf, it.key.0, &operand);
-            written.push(i);
+            let at = operands.len();
+            valueset::encode_one(it.stamp, it.value, &mut operands);
+            batch.merge_cf(cf, it.key.0, &operands[at..]);
+            written.push((i, at..operands.len()));
         }
         if written.is_empty() {
             return results;
         }
         if let Err(e) = self.db.write_opt(batch, &self.write_opts) {
             let err = StoreError::engine("put", e);
-            self.ledger().release(items, written.iter().copied());
-            for i in written {
+            self.ledger()
+                .release(items, written.iter().map(|(i, _)| *i));
+            for (i, _) in written {
                 results[i] = Err(err.clone());
             }
+            return results;
+        }
+        let max_values = self.opts.limits.max_values_per_key as usize;
+        for (i, range) in written {
+            let it = &items[i];
+            self.index
+                .merge(it.epoch, it.key, &operands[range], max_values);
         }
         results
     }
 
     fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError> {
+        match self.index.get(epoch, key, valueset::decode) {
+            Lookup::Known(None) => return Ok(Vec::new()),
+            Lookup::Known(Some(set)) => return set.map_err(StoreError::from),
+            Lookup::Unknown => {}
+        }
         let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
             return Ok(Vec::new());
         };
@@ -356,6 +385,7 @@ impl Store for RocksStore {
             parts.remove(&epoch);
             dropped.push(epoch);
         }
+        self.index.drop_before(oldest_live);
         Ok(DropReport { dropped, records })
     }
 
@@ -427,6 +457,7 @@ impl Store for RocksStore {
                 self.property_sum("rocksdb.total-sst-files-size"),
             ),
             (EngineStat::WalBytes, wal_bytes),
+            (EngineStat::IndexBytes, self.index.used_bytes()),
             (
                 EngineStat::PendingCompactionBytes,
                 self.property_sum("rocksdb.estimate-pending-compaction-bytes"),

@@ -150,6 +150,8 @@ pub enum EngineStat {
     WriteStopped,
     /// Current delayed-write rate in bytes/s (0 when not delaying).
     DelayedWriteRate,
+    /// Bytes held by the memory-resident index of live epochs.
+    IndexBytes,
 }
 
 /// Accounting and admission shared by both backends: the floor below which epochs are expired,

@@ -1,0 +1,266 @@
+//! The memory-resident index of live epochs: every key's merged value set, in memory, so a
+//! RETRIEVE of a live epoch never touches RocksDB (which stays the durable store: the index is
+//! rebuilt from it at open).
+//!
+//! One [`EpochIndex`] per epoch, published through an `ArcSwap` list that request paths read
+//! without a lock; keys live in a `DashMap` shared by every core (sharded, short critical
+//! sections). An epoch's index is *authoritative* — a miss means "not stored" — only while it
+//! holds every value of that epoch: it is created empty together with its partition, or filled
+//! from the partition at open, and updated after every successful write. When the byte budget
+//! would be exceeded, the epoch that needed the room stops being authoritative (its map is
+//! cleared) and its reads go to RocksDB until the epoch expires; the index never serves a
+//! partial answer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tarn_proto::{Epoch, Key};
+
+use crate::valueset;
+
+/// Per-entry overhead counted against the budget (key, map slot, allocation header).
+const ENTRY_OVERHEAD: u64 = 32 + 48;
+
+#[derive(Debug)]
+struct EpochIndex {
+    map: DashMap<Key, Vec<u8>>,
+    /// Whether the map holds every value of the epoch.
+    complete: AtomicBool,
+    /// Bytes this epoch's entries count against the budget.
+    bytes: AtomicU64,
+}
+
+/// What the index knows about one key.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup<T> {
+    /// The index is authoritative for the epoch: the key's set (`None`: nothing stored).
+    Known(Option<T>),
+    /// Ask the durable store.
+    Unknown,
+}
+
+/// The index of every live epoch, bounded by a byte budget.
+#[derive(Debug)]
+pub(crate) struct LiveIndex {
+    epochs: ArcSwap<Vec<(Epoch, Arc<EpochIndex>)>>,
+    budget: u64,
+    used: AtomicU64,
+}
+
+impl LiveIndex {
+    /// An empty index that may use `budget` bytes (0 disables it).
+    pub(crate) fn new(budget: u64) -> LiveIndex {
+        LiveIndex {
+            epochs: ArcSwap::from_pointee(Vec::new()),
+            budget,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    fn find(&self, epoch: Epoch) -> Option<Arc<EpochIndex>> {
+        self.epochs
+            .load()
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|(_, i)| i.clone())
+    }
+
+    /// Starts indexing `epoch`, which must hold nothing yet or be filled with [`fill`] before
+    /// any write (callers serialise this with partition creation).
+    ///
+    /// [`fill`]: LiveIndex::fill
+    pub(crate) fn add_epoch(&self, epoch: Epoch) {
+        if self.budget == 0 || self.find(epoch).is_some() {
+            return;
+        }
+        self.epochs.rcu(|cur| {
+            let mut next = (**cur).clone();
+            if !next.iter().any(|(e, _)| *e == epoch) {
+                next.push((
+                    epoch,
+                    Arc::new(EpochIndex {
+                        map: DashMap::new(),
+                        complete: AtomicBool::new(true),
+                        bytes: AtomicU64::new(0),
+                    }),
+                ));
+            }
+            next
+        });
+    }
+
+    /// Loads one stored set of `epoch` (at open, before writes).
+    pub(crate) fn fill(&self, epoch: Epoch, key: Key, set: &[u8]) {
+        if let Some(idx) = self.find(epoch) {
+            self.put_set(&idx, key, set.to_vec());
+        }
+    }
+
+    /// Folds a written operand into the key's set.
+    pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) {
+        let Some(idx) = self.find(epoch) else {
+            return;
+        };
+        if !idx.complete.load(Ordering::Acquire) {
+            return;
+        }
+        let mut grown = 0u64;
+        let mut fresh = false;
+        idx.map
+            .entry(key)
+            .and_modify(|set| {
+                let merged = valueset::merge([set.as_slice(), operand].into_iter(), max_values);
+                grown = (merged.len() as u64).saturating_sub(set.len() as u64);
+                *set = merged;
+            })
+            .or_insert_with(|| {
+                fresh = true;
+                valueset::merge(std::iter::once(operand), max_values)
+            });
+        if fresh {
+            grown = operand.len() as u64 + ENTRY_OVERHEAD;
+        }
+        self.account(&idx, grown);
+    }
+
+    fn put_set(&self, idx: &Arc<EpochIndex>, key: Key, set: Vec<u8>) {
+        if !idx.complete.load(Ordering::Acquire) {
+            return;
+        }
+        let grown = set.len() as u64 + ENTRY_OVERHEAD;
+        idx.map.insert(key, set);
+        self.account(idx, grown);
+    }
+
+    fn account(&self, idx: &Arc<EpochIndex>, grown: u64) {
+        idx.bytes.fetch_add(grown, Ordering::Relaxed);
+        let used = self.used.fetch_add(grown, Ordering::Relaxed) + grown;
+        if used > self.budget && idx.complete.swap(false, Ordering::AcqRel) {
+            // Over budget: this epoch's reads go to the durable store from now on.
+            idx.map.clear();
+            let freed = idx.bytes.swap(0, Ordering::Relaxed);
+            self.used.fetch_sub(freed, Ordering::Relaxed);
+        }
+    }
+
+    /// The key's set, decoded by `read`, when the index is authoritative for `epoch`.
+    pub(crate) fn get<T>(
+        &self,
+        epoch: Epoch,
+        key: &Key,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Lookup<T> {
+        let Some(idx) = self.find(epoch) else {
+            return Lookup::Unknown;
+        };
+        if !idx.complete.load(Ordering::Acquire) {
+            return Lookup::Unknown;
+        }
+        let found = idx.map.get(key).map(|set| read(&set));
+        // Re-check: an overflow that cleared the map during the read must not look like a miss.
+        if !idx.complete.load(Ordering::Acquire) {
+            return Lookup::Unknown;
+        }
+        Lookup::Known(found)
+    }
+
+    /// Forgets every epoch before `oldest_live`.
+    pub(crate) fn drop_before(&self, oldest_live: Epoch) {
+        let mut freed = 0;
+        self.epochs.rcu(|cur| {
+            freed = 0;
+            let mut next = Vec::with_capacity(cur.len());
+            for (e, i) in cur.iter() {
+                if *e >= oldest_live {
+                    next.push((*e, i.clone()));
+                } else {
+                    freed += i.bytes.load(Ordering::Relaxed);
+                }
+            }
+            next
+        });
+        self.used.fetch_sub(
+            freed.min(self.used.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Bytes counted against the budget.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(stamp: u64, v: &[u8]) -> Vec<u8> {
+        let mut o = Vec::new();
+        valueset::encode_one(stamp, v, &mut o);
+        o
+    }
+
+    fn values(idx: &LiveIndex, e: u64, k: u8) -> Lookup<Vec<Vec<u8>>> {
+        idx.get(Epoch(e), &Key([k; 32]), |b| {
+            valueset::decode(b)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.value)
+                .collect()
+        })
+    }
+
+    #[test]
+    fn answers_only_for_indexed_epochs_and_merges_like_the_store() {
+        let idx = LiveIndex::new(1 << 20);
+        assert_eq!(values(&idx, 1, 1), Lookup::Unknown);
+        idx.add_epoch(Epoch(1));
+        assert_eq!(values(&idx, 1, 1), Lookup::Known(None));
+        for s in 0..5u64 {
+            idx.merge(Epoch(1), Key([1; 32]), &op(s, &[s as u8; 3]), 3);
+        }
+        // The same rule as the merge operator: the three highest stamps, newest first.
+        assert_eq!(
+            values(&idx, 1, 1),
+            Lookup::Known(Some(vec![vec![4; 3], vec![3; 3], vec![2; 3]]))
+        );
+        // Writes to an epoch that is not indexed are ignored, not half-indexed.
+        idx.merge(Epoch(2), Key([1; 32]), &op(1, b"x"), 3);
+        assert_eq!(values(&idx, 2, 1), Lookup::Unknown);
+        idx.drop_before(Epoch(2));
+        assert_eq!(values(&idx, 1, 1), Lookup::Unknown);
+        assert_eq!(idx.used_bytes(), 0);
+    }
+
+    #[test]
+    fn an_epoch_over_the_budget_stops_answering_instead_of_answering_partially() {
+        let idx = LiveIndex::new(4096);
+        idx.add_epoch(Epoch(7));
+        idx.add_epoch(Epoch(8));
+        idx.merge(Epoch(8), Key([9; 32]), &op(1, b"small"), 8);
+        let mut k = 0u8;
+        while values(&idx, 7, 0) != Lookup::Unknown {
+            idx.merge(Epoch(7), Key([k; 32]), &op(1, &[k; 300]), 8);
+            k += 1;
+            assert!(k < 40, "the budget is enforced");
+        }
+        // The other epoch keeps answering; the overflowing one frees its bytes.
+        assert_eq!(
+            values(&idx, 8, 9),
+            Lookup::Known(Some(vec![b"small".to_vec()]))
+        );
+        assert!(idx.used_bytes() < 4096);
+        idx.merge(Epoch(7), Key([0; 32]), &op(2, b"later"), 8);
+        assert_eq!(values(&idx, 7, 0), Lookup::Unknown);
+    }
+
+    #[test]
+    fn a_zero_budget_disables_it() {
+        let idx = LiveIndex::new(0);
+        idx.add_epoch(Epoch(1));
+        assert_eq!(values(&idx, 1, 1), Lookup::Unknown);
+    }
+}
