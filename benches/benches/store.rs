@@ -1,5 +1,7 @@
-//! Store put/get with 300-byte values, and dropping an epoch of 10k vs 1M records (the drop
-//! must not grow with the count: it is one column-family drop).
+//! Store put/get with 300-byte values (reads from the live-epoch index and, for comparison,
+//! from RocksDB), one whole request on the hot path (decode → store → encode), and dropping an
+//! epoch of 10k vs 1M records (the drop must not grow with the count: it is one column-family
+//! drop).
 
 use std::time::{Duration, Instant};
 
@@ -12,16 +14,29 @@ fn key(i: u64) -> Key {
 }
 
 fn open(wal: WalPolicy) -> (tempfile::TempDir, RocksStore) {
+    open_with(wal, RocksOptions::default().index_bytes)
+}
+
+fn open_with(wal: WalPolicy, index_bytes: u64) -> (tempfile::TempDir, RocksStore) {
     let dir = tempfile::tempdir().unwrap();
     let s = RocksStore::open(
         dir.path(),
         RocksOptions {
             wal,
+            index_bytes,
             ..Default::default()
         },
     )
     .unwrap();
     (dir, s)
+}
+
+fn preloaded(index_bytes: u64, value: &[u8]) -> (tempfile::TempDir, RocksStore) {
+    let (d, s) = open_with(WalPolicy::NoSync, index_bytes);
+    for i in 0..100_000u64 {
+        s.put(Epoch(1), key(i), i, value).unwrap();
+    }
+    (d, s)
 }
 
 fn put_get(c: &mut Criterion) {
@@ -67,21 +82,93 @@ fn put_get(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Elements(1));
-    let (_d, s) = open(WalPolicy::NoSync);
-    for i in 0..100_000u64 {
-        s.put(Epoch(1), key(i), i, &value).unwrap();
+    for (name, index_bytes) in [("index", RocksOptions::default().index_bytes), ("rocksdb", 0)] {
+        let (_d, s) = preloaded(index_bytes, &value);
+        let mut j = 0u64;
+        g.bench_function(format!("get/hit_100k/{name}"), |b| {
+            b.iter(|| {
+                j = (j + 7919) % 100_000;
+                black_box(s.get(Epoch(1), &key(j)).unwrap());
+            })
+        });
+        g.bench_function(format!("get/miss_100k/{name}"), |b| {
+            b.iter(|| {
+                j += 1;
+                black_box(s.get(Epoch(1), &key(1_000_000 + j)).unwrap());
+            })
+        });
     }
-    let mut j = 0u64;
-    g.bench_function("get/hit_100k", |b| {
+    g.finish();
+}
+
+/// One request as a core serves it: parse and decode the frame, call the store, encode the
+/// reply (the socket and the event loop excluded).
+fn request(c: &mut Criterion) {
+    use tarn_proto::frame::{self, Parsed};
+    use tarn_proto::msg::{Insert, InsertReply, Retrieve, RetrieveReply};
+    use tarn_proto::{Decoder, Message};
+
+    let value = vec![0x5a; 300];
+    let (_d, s) = preloaded(RocksOptions::default().index_bytes, &value);
+    let mut g = c.benchmark_group("request");
+    g.throughput(Throughput::Elements(1));
+    let mut decoder = Decoder::new();
+    let mut out = Vec::with_capacity(512);
+    let mut serve = |bytes: &[u8], out: &mut Vec<u8>, stamp: u64| {
+        let Ok(Parsed::Frame(f)) = frame::parse_frame(bytes, 65536) else {
+            panic!("a whole frame")
+        };
+        let reply = match decoder.decode(&f).unwrap() {
+            Message::Insert(i) => {
+                s.put(i.epoch, i.key, stamp, &i.value).unwrap();
+                Message::InsertReply(InsertReply::Stored { copies: 1 })
+            }
+            Message::Retrieve(r) => {
+                let v = s.get(r.epoch, &r.key).unwrap();
+                Message::RetrieveReply(RetrieveReply::Found(
+                    v.into_iter().map(|x| x.value).collect(),
+                ))
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        out.clear();
+        frame::encode(f.header.request_id, &reply, out).unwrap();
+    };
+    let mut i = 1_000_000u64;
+    g.bench_function("insert/nosync", |b| {
         b.iter(|| {
-            j = (j + 7919) % 100_000;
-            black_box(s.get(Epoch(1), &key(j)).unwrap());
+            i += 1;
+            let bytes = frame::encode_to_vec(
+                i,
+                &Message::Insert(Insert {
+                    epoch: Epoch(1),
+                    key: key(i),
+                    value: value.clone(),
+                }),
+            )
+            .unwrap();
+            serve(black_box(&bytes), &mut out, i);
         })
     });
-    g.bench_function("get/miss_100k", |b| {
+    let mut j = 0u64;
+    let frames: Vec<Vec<u8>> = (0..1024u64)
+        .map(|n| {
+            j = (j + 7919) % 100_000;
+            frame::encode_to_vec(
+                n,
+                &Message::Retrieve(Retrieve {
+                    epoch: Epoch(1),
+                    key: key(j),
+                }),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut n = 0usize;
+    g.bench_function("retrieve/hit_100k", |b| {
         b.iter(|| {
-            j += 1;
-            black_box(s.get(Epoch(1), &key(1_000_000 + j)).unwrap());
+            n = (n + 1) % frames.len();
+            serve(black_box(&frames[n]), &mut out, 0);
         })
     });
     g.finish();
@@ -126,5 +213,5 @@ fn drop_epoch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, put_get, drop_epoch);
+criterion_group!(benches, put_get, request, drop_epoch);
 criterion_main!(benches);
