@@ -82,7 +82,10 @@ fn put_get(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Elements(1));
-    for (name, index_bytes) in [("index", RocksOptions::default().index_bytes), ("rocksdb", 0)] {
+    for (name, index_bytes) in [
+        ("index", RocksOptions::default().index_bytes),
+        ("rocksdb", 0),
+    ] {
         let (_d, s) = preloaded(index_bytes, &value);
         let mut j = 0u64;
         g.bench_function(format!("get/hit_100k/{name}"), |b| {
