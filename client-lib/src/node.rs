@@ -208,13 +208,9 @@ impl NodeClient {
         if plaintext_hello {
             let out = frame::encode_to_vec(0, &hello_msg)?;
             let ack = within(timeout, "hello", async {
-                // Streams that buffer (Tor's cells) send on flush.
-                async {
-                    wr.write_all(&out).await?;
-                    wr.flush().await
-                }
-                .await
-                .map_err(|_| ClientError::Closed { op: "hello" })?;
+                send_all(&mut wr, &out)
+                    .await
+                    .map_err(|_| ClientError::Closed { op: "hello" })?;
                 let (kind, id, body) = read_frame(&mut rd, &mut buf, opts.max_frame_bytes).await?;
                 decode_as(&mut decoder, kind, id, &body)
             })
@@ -253,13 +249,9 @@ impl NodeClient {
                 &mut out,
             );
             let ack = within(timeout, "handshake", async {
-                // Streams that buffer (Tor's cells) send on flush.
-                async {
-                    wr.write_all(&out).await?;
-                    wr.flush().await
-                }
-                .await
-                .map_err(|_| ClientError::Closed { op: "handshake" })?;
+                send_all(&mut wr, &out)
+                    .await
+                    .map_err(|_| ClientError::Closed { op: "handshake" })?;
                 let (kind, id, body) = read_frame(&mut rd, &mut buf, opts.max_frame_bytes).await?;
                 if kind != tarn_proto::noise::KIND_NOISE_HELLO_ACK {
                     // A plaintext refusal (wrong network, …) or nonsense.
@@ -318,11 +310,7 @@ impl NodeClient {
                     batch = sealed;
                 }
                 // A node that stops reading must not make us queue without bound.
-                let sent = async {
-                    wr.write_all(&batch).await?;
-                    wr.flush().await
-                };
-                match tokio::time::timeout(write_timeout, sent).await {
+                match tokio::time::timeout(write_timeout, send_all(&mut wr, &batch)).await {
                     Ok(Ok(())) => {}
                     _ => break,
                 }
@@ -595,6 +583,15 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
     }
     // Dropping the senders fails every waiter with Closed.
     lock(&waiters).take();
+}
+
+/// Writes `bytes` and flushes: streams that buffer (Tor's cells) only send on flush.
+async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
 async fn within<T>(

@@ -29,6 +29,59 @@ pub fn chat(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Two users who are each other's contact.
+#[derive(Debug)]
+pub struct Pair {
+    /// Alice's profile directory.
+    pub alice: PathBuf,
+    /// Bob's profile directory.
+    pub bob: PathBuf,
+    /// Alice's contact card.
+    pub card_a: String,
+    /// Bob's contact card.
+    pub card_b: String,
+}
+
+/// Creates the profiles `dir/alice` and `dir/bob` with `tarn-chat init` and adds each as the
+/// other's contact with the common `secret`.
+pub fn alice_and_bob(dir: &Path, secret: &str) -> Pair {
+    let (alice, bob) = (dir.join("alice"), dir.join("bob"));
+    let card_a = chat(&[
+        "init",
+        "--profile",
+        alice.to_str().unwrap(),
+        "--name",
+        "alice",
+    ]);
+    let card_b = chat(&["init", "--profile", bob.to_str().unwrap(), "--name", "bob"]);
+    for (p, card) in [(&alice, &card_b), (&bob, &card_a)] {
+        chat(&[
+            "add",
+            "--profile",
+            p.to_str().unwrap(),
+            "--card",
+            card,
+            "--secret",
+            secret,
+        ]);
+    }
+    Pair {
+        alice,
+        bob,
+        card_a,
+        card_b,
+    }
+}
+
+/// The nodes' client addresses, comma-separated (`tarn-chat --node`).
+pub fn node_list(nodes: &[crate::Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A running `tarn-chat run`, killed (by PID) when dropped.
 #[derive(Debug)]
 pub struct User {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tarn_tests::chat::{chat, User};
+use tarn_tests::chat::{alice_and_bob, chat, node_list, Pair, User};
 use tarn_tests::{start_ring, Node};
 
 const REFRESH_MS: u64 = 1000;
@@ -15,34 +15,14 @@ fn two_users_find_each_other_chat_and_see_each_other_leave() {
     let ring = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(start_ring(dir.path(), 3, &[]));
-    let nodes = ring
-        .iter()
-        .map(|n| n.addr.clone())
-        .collect::<Vec<_>>()
-        .join(",");
-
-    let (pa, pb) = (dir.path().join("alice"), dir.path().join("bob"));
-    let card_a = chat(&["init", "--profile", pa.to_str().unwrap(), "--name", "alice"]);
-    let card_b = chat(&["init", "--profile", pb.to_str().unwrap(), "--name", "bob"]);
+    let nodes = node_list(&ring);
+    let Pair {
+        alice: pa,
+        bob: pb,
+        card_a,
+        ..
+    } = alice_and_bob(dir.path(), "s3");
     assert!(card_a.starts_with("tarn1:"));
-    chat(&[
-        "add",
-        "--profile",
-        pa.to_str().unwrap(),
-        "--card",
-        &card_b,
-        "--secret",
-        "s3",
-    ]);
-    chat(&[
-        "add",
-        "--profile",
-        pb.to_str().unwrap(),
-        "--card",
-        &card_a,
-        "--secret",
-        "s3",
-    ]);
 
     // Alice first, then Bob: Bob finds Alice's record; Alice hears from Bob.
     let mut alice = User::run(&pa, &nodes, REFRESH_MS);
@@ -86,27 +66,9 @@ fn the_later_user_is_found_whichever_comes_first() {
     let dir = tempfile::tempdir().unwrap();
     let n0 = Node::start(&dir.path().join("n0"), &["--cores", "1"]);
     let nodes = n0.addr.clone();
-    let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
-    let card_a = chat(&["init", "--profile", pa.to_str().unwrap(), "--name", "alice"]);
-    let card_b = chat(&["init", "--profile", pb.to_str().unwrap(), "--name", "bob"]);
-    chat(&[
-        "add",
-        "--profile",
-        pa.to_str().unwrap(),
-        "--card",
-        &card_b,
-        "--secret",
-        "x",
-    ]);
-    chat(&[
-        "add",
-        "--profile",
-        pb.to_str().unwrap(),
-        "--card",
-        &card_a,
-        "--secret",
-        "x",
-    ]);
+    let Pair {
+        alice: pa, bob: pb, ..
+    } = alice_and_bob(dir.path(), "x");
     // Bob first this time, and both start almost together.
     let mut bob = User::run(&pb, &nodes, REFRESH_MS);
     let mut alice = User::run(&pa, &nodes, REFRESH_MS);

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tarn_tests::chat::{chat, User};
+use tarn_tests::chat::{alice_and_bob, node_list, Pair, User};
 use tarn_tests::start_ring;
 use tarn_tests::tornet::TorNet;
 
@@ -103,26 +103,10 @@ fn two_clients_find_each_other_and_chat_over_a_private_tor_network() {
         .unwrap_or_default()
         .lines()
         .count();
-    let nodes = ring
-        .iter()
-        .map(|n| n.addr.clone())
-        .collect::<Vec<_>>()
-        .join(",");
-
-    let (pa, pb) = (dir.path().join("alice"), dir.path().join("bob"));
-    let card_a = chat(&["init", "--profile", pa.to_str().unwrap(), "--name", "alice"]);
-    let card_b = chat(&["init", "--profile", pb.to_str().unwrap(), "--name", "bob"]);
-    for (p, card) in [(&pa, &card_b), (&pb, &card_a)] {
-        chat(&[
-            "add",
-            "--profile",
-            p.to_str().unwrap(),
-            "--card",
-            card,
-            "--secret",
-            "met at the cafe",
-        ]);
-    }
+    let nodes = node_list(&ring);
+    let Pair {
+        alice: pa, bob: pb, ..
+    } = alice_and_bob(dir.path(), "met at the cafe");
 
     let (la, lb) = (dir.path().join("alice.log"), dir.path().join("bob.log"));
     let arti = &net.arti_config;

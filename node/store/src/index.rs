@@ -106,23 +106,27 @@ impl LiveIndex {
         if !idx.complete.load(Ordering::Acquire) {
             return;
         }
-        let mut grown = 0u64;
-        let mut fresh = false;
+        // Bytes before and after: an eviction can shrink a set, and the budget follows it.
+        let (mut before, mut after) = (0u64, 0u64);
         idx.map
             .entry(key)
             .and_modify(|set| {
                 let merged = valueset::merge([set.as_slice(), operand].into_iter(), max_values);
-                grown = (merged.len() as u64).saturating_sub(set.len() as u64);
+                (before, after) = (set.len() as u64, merged.len() as u64);
                 *set = merged;
             })
             .or_insert_with(|| {
-                fresh = true;
-                valueset::merge(std::iter::once(operand), max_values)
+                let set = valueset::merge(std::iter::once(operand), max_values);
+                after = set.len() as u64 + ENTRY_OVERHEAD;
+                set
             });
-        if fresh {
-            grown = operand.len() as u64 + ENTRY_OVERHEAD;
+        if after >= before {
+            self.account(&idx, after - before);
+        } else {
+            let freed = before - after;
+            sub_saturating(&idx.bytes, freed);
+            sub_saturating(&self.used, freed);
         }
-        self.account(&idx, grown);
     }
 
     fn put_set(&self, idx: &Arc<EpochIndex>, key: Key, set: Vec<u8>) {
@@ -141,7 +145,7 @@ impl LiveIndex {
             // Over budget: this epoch's reads go to the durable store from now on.
             idx.map.clear();
             let freed = idx.bytes.swap(0, Ordering::Relaxed);
-            self.used.fetch_sub(freed, Ordering::Relaxed);
+            sub_saturating(&self.used, freed);
         }
     }
 
@@ -191,6 +195,13 @@ impl LiveIndex {
     pub(crate) fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
+}
+
+/// Subtracts without wrapping: an overflow may have zeroed a counter concurrently.
+fn sub_saturating(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
 }
 
 #[cfg(test)]
