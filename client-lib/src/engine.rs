@@ -8,8 +8,8 @@
 //! the contacts not online (current and previous epoch), and re-announces its status on every
 //! session (the heartbeat); a contact not heard from for 1.5 intervals (checked every quarter
 //! interval, so within two intervals of its last sign of life), or whose connection closes, is
-//! offline. Node connections that closed (a restart, a dead Tor circuit) are redialled every
-//! refresh. [`EngineHandle::quit`] sends NOTIFY_STATUS(OFF) to every online contact.
+//! offline. Node connections that closed (a restart, a dead Tor circuit) are redialled in the
+//! background, at most one attempt per node per refresh. [`EngineHandle::quit`] sends NOTIFY_STATUS(OFF) to every online contact.
 //!
 //! Events come out of a channel; the application never polls.
 
@@ -503,23 +503,55 @@ async fn dial_node<T: Transport>(
     }
 }
 
-/// Redials every node connection that has closed (a node restart, a dead Tor circuit), so a
-/// long-running client never ends up with no nodes.
-async fn redial_closed<T: Transport>(
-    transport: &T,
-    registry: &mut Registry,
-    addrs: &[String],
-    cfg: &EngineConfig,
-) {
-    let closed: Vec<usize> = registry
-        .nodes()
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.is_closed())
-        .map(|(i, _)| i)
-        .collect();
-    for i in closed {
-        if let Ok(c) = dial_node(transport, &addrs[i], cfg).await {
+/// Node connections being redialled in the background; a dial that hangs (a node coming
+/// back slowly, a Tor circuit that takes its full timeout) never holds up the engine's loop.
+struct Redials {
+    busy: Vec<bool>,
+    done_tx: mpsc::Sender<(usize, Option<NodeClient>)>,
+    done: mpsc::Receiver<(usize, Option<NodeClient>)>,
+}
+
+impl Redials {
+    fn new(nodes: usize) -> Redials {
+        let (done_tx, done) = mpsc::channel(nodes.max(1));
+        Redials {
+            busy: vec![false; nodes],
+            done_tx,
+            done,
+        }
+    }
+
+    /// Starts a redial of every node connection that has closed (a node restart, a dead Tor
+    /// circuit) and is not being redialled already, so a long-running client never ends up
+    /// with no nodes.
+    fn start<T: Transport>(&mut self, transport: &Arc<T>, registry: &Registry, cfg: &EngineConfig) {
+        for (i, node) in registry.nodes().iter().enumerate() {
+            let (Some(busy), Some(addr)) = (self.busy.get_mut(i), cfg.nodes.get(i)) else {
+                continue;
+            };
+            if *busy || !node.is_closed() {
+                continue;
+            }
+            *busy = true;
+            let (transport, addr, cfg, done) = (
+                transport.clone(),
+                addr.clone(),
+                cfg.clone(),
+                self.done_tx.clone(),
+            );
+            tokio::spawn(async move {
+                let c = dial_node(&*transport, &addr, &cfg).await.ok();
+                let _ = done.send((i, c)).await;
+            });
+        }
+    }
+
+    /// Puts a finished redial in place (a failed one is tried again at the next refresh).
+    fn finish(&mut self, registry: &mut Registry, i: usize, c: Option<NodeClient>) {
+        if let Some(busy) = self.busy.get_mut(i) {
+            *busy = false;
+        }
+        if let Some(c) = c {
             registry.replace_node(i, Arc::new(c));
         }
     }
@@ -545,6 +577,7 @@ async fn run<T: Transport>(
     tick.tick().await;
     let mut sweep = tokio::time::interval((cfg.refresh / 4).max(Duration::from_millis(10)));
     sweep.tick().await;
+    let mut redials = Redials::new(cfg.nodes.len());
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -579,8 +612,9 @@ async fn run<T: Transport>(
                 }
                 None => return,
             },
+            Some((i, c)) = redials.done.recv() => redials.finish(&mut registry, i, c),
             _ = tick.tick() => {
-                redial_closed(&*transport, &mut registry, &cfg.nodes, &cfg).await;
+                redials.start(&transport, &registry, &cfg);
                 let now = local_ms();
                 let epoch = time.epoch(now);
                 if epoch != published {

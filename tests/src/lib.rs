@@ -217,11 +217,19 @@ impl Node {
             args[i] = self.addr.clone();
         }
         let mut started = Node::spawn(self.data_dir.clone(), args.clone());
-        if let (Started::Failed { stderr, .. }, Some(i)) = (&started, listen) {
-            // Between the old process's death and this start, the kernel may have handed the
-            // port to another test's outgoing connection as its ephemeral port. The data
-            // directory is what must survive; a fresh port is fine.
-            if stderr.contains("cannot listen") {
+        // Between the old process's death and this start, the kernel may have handed the
+        // port to another test's outgoing connection as its ephemeral port. Such connections
+        // are short (scrapes, probes): try the same port for a few seconds, since clients
+        // that know the old address can only come back on it; then take a fresh one (the
+        // data directory is what must survive).
+        let cannot_listen = |s: &Started| matches!(s, Started::Failed { stderr, .. } if stderr.contains("cannot listen"));
+        if let Some(i) = listen {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cannot_listen(&started) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                started = Node::spawn(self.data_dir.clone(), args.clone());
+            }
+            if cannot_listen(&started) {
                 args[i] = "127.0.0.1:0".into();
                 started = Node::spawn(self.data_dir.clone(), args);
             }
