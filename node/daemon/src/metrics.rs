@@ -38,7 +38,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Request latency inside the node by `type` (decode to reply encoded).
     pub request_seconds: HistogramVec,
-    /// Time spent in the storage engine (the blocking boundary) by `op`.
+    /// Time spent in the storage engine (the blocking boundary) by `op`; `get` is sampled
+    /// (one read in 16), `put` is every group commit.
     pub storage_seconds: HistogramVec,
     /// Inserts per group commit.
     pub batch_size: Histogram,
@@ -171,7 +172,7 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "tarn_storage_duration_seconds",
-                        "Time in the storage engine (blocking boundary)",
+                        "Time in the storage engine (blocking boundary); op=get samples one read in 16",
                     )
                     .buckets(lat),
                     &["op"],

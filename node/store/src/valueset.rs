@@ -131,6 +131,59 @@ pub fn merge<'a>(parts: impl Iterator<Item = &'a [u8]>, max_values: usize) -> Ve
     out
 }
 
+/// Folds one operand into a set in place: the same result as [`merge`] of the two, without
+/// its allocations and sort in the cases a live index meets on nearly every write — the same
+/// value written again with a newer stamp (it is the set's first entry), or a new value whose
+/// order is the highest (stamps grow). Anything else takes [`merge`]. `set` must be a set as
+/// [`merge`] produces it (ordered, without duplicates, at most `max_values` entries).
+pub fn merge_into(set: &mut Vec<u8>, operand: &[u8], max_values: usize) {
+    let mut ops = entries(operand);
+    let (Some(Ok(op)), None) = (ops.next(), ops.next()) else {
+        *set = merge([set.as_slice(), operand].into_iter(), max_values);
+        return;
+    };
+    let mut count = 0usize;
+    let mut first: Option<(u64, [u8; 32])> = None;
+    let mut last_at = 0usize;
+    let mut at = 0usize;
+    let mut same_hash_at = None;
+    let mut corrupt = false;
+    for e in entries(set) {
+        let Ok(e) = e else {
+            corrupt = true;
+            break;
+        };
+        if e.hash == op.hash {
+            same_hash_at = Some(at);
+        }
+        first.get_or_insert((e.stamp, *e.hash));
+        last_at = at;
+        at += ENTRY_HEADER + e.value.len();
+        count += 1;
+    }
+    if corrupt {
+        // Not a set merge produced: let merge skip what is corrupt.
+        *set = merge([set.as_slice(), operand].into_iter(), max_values);
+        return;
+    }
+    match (same_hash_at, first) {
+        // The first entry again: it keeps the larger stamp and stays first.
+        (Some(0), Some((stamp, _))) => {
+            if op.stamp > stamp {
+                set[..8].copy_from_slice(&op.stamp.to_be_bytes());
+            }
+        }
+        // A new value ordered above every entry: it goes first, the lowest goes if full.
+        (None, f) if max_values > 0 && f.is_none_or(|f| (op.stamp, *op.hash) > f) => {
+            if count == max_values {
+                set.truncate(last_at);
+            }
+            set.splice(0..0, operand.iter().copied());
+        }
+        _ => *set = merge([set.as_slice(), operand].into_iter(), max_values),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +255,38 @@ mod tests {
             1
         );
         assert_eq!(measure(&bytes), (1, 2));
+    }
+
+    #[test]
+    fn merge_into_matches_merge() {
+        // Pseudo-random operand streams (repeats, old and new stamps, full sets): folding one
+        // operand at a time in place gives exactly what the general merge gives.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for max_values in [0usize, 1, 2, 4] {
+            for _ in 0..300 {
+                let mut set = Vec::new();
+                let mut reference = Vec::new();
+                for _ in 0..12 {
+                    let op = one(next(20), &[next(5) as u8; 3]);
+                    merge_into(&mut set, &op, max_values);
+                    reference = merge([reference.as_slice(), &op].into_iter(), max_values);
+                    assert_eq!(set, reference);
+                }
+            }
+        }
+        // Operands that are not a single entry, and corrupt sets, take the general path.
+        let two = [one(1, b"a"), one(2, b"b")].concat();
+        let mut set = one(3, b"c");
+        merge_into(&mut set, &two, 4);
+        assert_eq!(set, merge([one(3, b"c").as_slice(), &two].into_iter(), 4));
+        let mut corrupt = vec![1, 2, 3];
+        merge_into(&mut corrupt, &one(1, b"a"), 4);
+        assert_eq!(corrupt, one(1, b"a"));
     }
 }
