@@ -182,7 +182,7 @@ impl Core {
     fn time_this_get(&self) -> bool {
         let n = self.gets.get().wrapping_add(1);
         self.gets.set(n);
-        n % GET_TIMING_EVERY == 0
+        n.is_multiple_of(GET_TIMING_EVERY)
     }
 
     async fn commit(&self, items: Vec<OwnedPut>) -> Vec<Result<(), StoreError>> {
