@@ -25,7 +25,9 @@ NOPERSIST=${NOPERSIST:-0}
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 ops/scripts/setup-host.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tarn-target}"
-cargo build --release --locked -p tarn-node -p tarn-benches --bins >&2
+# The same build as the test command (ops/scripts/test.sh): a narrower -p build unifies
+# features differently and would compile RocksDB a second time.
+cargo build --release --locked --workspace --all-targets >&2
 B="$CARGO_TARGET_DIR/release"
 
 work=$(mktemp -d)

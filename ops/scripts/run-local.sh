@@ -11,7 +11,9 @@ cd "$(dirname "$0")/../.."
 
 ops/scripts/setup-host.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tarn-target}"
-cargo build --release --locked -p tarn-node -p tarn-ops
+# The same build as the test command (ops/scripts/test.sh): a narrower -p build unifies
+# features differently and would compile RocksDB a second time.
+cargo build --release --locked --workspace --all-targets
 bin="$CARGO_TARGET_DIR/release"
 data="${TARN_DATA_DIR:-$PWD/tarn-data}"
 size="${RING_SIZE:-5}"
