@@ -5,6 +5,7 @@
 # the other, rounds interleaved A B A B ..., medians and the ratio. Every process started
 # here is stopped by PID.
 #   ROUNDS=3 SECS=5 CONNS=50 PIPELINE=1 INSERT_PCT=50 benches/limit.sh
+# TARND=PATH measures another tarnd build (an A/B of a change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tarn-target}"
@@ -17,7 +18,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-taskset -c "$SERVER_CPU" "$B/tarnd" --data-dir "$work/tarn" --listen 127.0.0.1:0 --metrics-listen off \
+taskset -c "$SERVER_CPU" "${TARND:-$B/tarnd}" --data-dir "$work/tarn" --listen 127.0.0.1:0 --metrics-listen off \
   --cores 1 --log warn > "$work/tarnd.out" 2> "$work/tarnd.err" &
 tpid=$!; pids+=("$tpid")
 taskset -c "$SERVER_CPU" "$B/limit-server" --listen 127.0.0.1:0 > "$work/limit.out" &
