@@ -9,7 +9,8 @@
 //! session (the heartbeat); a contact not heard from for 1.5 intervals (checked every quarter
 //! interval, so within two intervals of its last sign of life), or whose connection closes, is
 //! offline. Node connections that closed (a restart, a dead Tor circuit) are redialled in the
-//! background, at most one attempt per node per refresh. [`EngineHandle::quit`] sends NOTIFY_STATUS(OFF) to every online contact.
+//! background, at most one attempt per node per refresh. [`EngineHandle::quit`] sends
+//! NOTIFY_STATUS(OFF) to every online contact.
 //!
 //! Events come out of a channel; the application never polls.
 

@@ -134,8 +134,8 @@ pub fn merge<'a>(parts: impl Iterator<Item = &'a [u8]>, max_values: usize) -> Ve
 /// Folds one operand into a set in place: the same result as [`merge`] of the two, without
 /// its allocations and sort in the cases a live index meets on nearly every write — the same
 /// value written again with a newer stamp (it is the set's first entry), or a new value whose
-/// order is the highest (stamps grow). Anything else takes [`merge`]. `set` must be a set as
-/// [`merge`] produces it (ordered, without duplicates, at most `max_values` entries).
+/// order is the highest (stamps grow). Anything else — including a set that is not as
+/// [`merge`] produces it — takes [`merge`].
 pub fn merge_into(set: &mut Vec<u8>, operand: &[u8], max_values: usize) {
     let mut ops = entries(operand);
     let (Some(Ok(op)), None) = (ops.next(), ops.next()) else {
@@ -161,8 +161,9 @@ pub fn merge_into(set: &mut Vec<u8>, operand: &[u8], max_values: usize) {
         at += ENTRY_HEADER + e.value.len();
         count += 1;
     }
-    if corrupt {
-        // Not a set merge produced: let merge skip what is corrupt.
+    if corrupt || count > max_values {
+        // Not a set merge produced (corrupt, or kept under a larger limit than today's):
+        // the general merge skips what is corrupt and trims to the limit.
         *set = merge([set.as_slice(), operand].into_iter(), max_values);
         return;
     }
@@ -288,5 +289,18 @@ mod tests {
         let mut corrupt = vec![1, 2, 3];
         merge_into(&mut corrupt, &one(1, b"a"), 4);
         assert_eq!(corrupt, one(1, b"a"));
+        // A set kept under a larger limit (the limit was lowered since) is trimmed.
+        let three = merge(
+            [one(1, b"a"), one(2, b"b"), one(3, b"c")]
+                .iter()
+                .map(|p| p.as_slice()),
+            8,
+        );
+        for op in [one(9, b"c"), one(9, b"d")] {
+            let mut set = three.clone();
+            merge_into(&mut set, &op, 2);
+            assert_eq!(set, merge([three.as_slice(), &op].into_iter(), 2));
+            assert_eq!(decode(&set).unwrap().len(), 2);
+        }
     }
 }
