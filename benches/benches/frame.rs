@@ -1,4 +1,5 @@
-//! Frame encode/decode for the hot messages (300-byte values, as the load profiles use).
+//! Frame encode/decode for the hot messages (300-byte values, as the load profiles use), and
+//! what the encrypted client–node channel adds per request.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tarn_proto::frame::{self, Parsed};
@@ -47,5 +48,58 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// One request and its reply through the Noise transport the client–node channel uses
+/// (`tarn_proto::noise::NOISE_PARAMS`, after the NK handshake): the client seals an INSERT
+/// frame, the node opens it, seals the reply, the client opens that. Each side does half.
+fn channel(c: &mut Criterion) {
+    use tarn_proto::noise::NOISE_PARAMS;
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse().unwrap();
+    let node_key = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
+    let mut client = snow::Builder::new(params.clone())
+        .remote_public_key(&node_key.public)
+        .build_initiator()
+        .unwrap();
+    let mut node = snow::Builder::new(params)
+        .local_private_key(&node_key.private)
+        .build_responder()
+        .unwrap();
+    let (mut m, mut p) = (vec![0u8; 65_535], vec![0u8; 65_535]);
+    let n = client.write_message(&[], &mut m).unwrap();
+    node.read_message(&m[..n], &mut p).unwrap();
+    let n = node.write_message(&[], &mut m).unwrap();
+    client.read_message(&m[..n], &mut p).unwrap();
+    let (mut client, mut node) = (
+        client.into_transport_mode().unwrap(),
+        node.into_transport_mode().unwrap(),
+    );
+
+    let request = frame::encode_to_vec(
+        1,
+        &Message::Insert(Insert {
+            epoch: Epoch(493_000),
+            key: Key([7; 32]),
+            value: vec![0xab; 300],
+        }),
+    )
+    .unwrap();
+    let reply =
+        frame::encode_to_vec(1, &Message::InsertReply(InsertReply::Stored { copies: 3 })).unwrap();
+    let mut g = c.benchmark_group("channel");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("noise/insert_round_trip", |b| {
+        b.iter(|| {
+            let n = client.write_message(black_box(&request), &mut m).unwrap();
+            let k = node.read_message(&m[..n], &mut p).unwrap();
+            black_box(&p[..k]);
+            let n = node.write_message(black_box(&reply), &mut m).unwrap();
+            let k = client.read_message(&m[..n], &mut p).unwrap();
+            black_box(&p[..k]);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, channel);
 criterion_main!(benches);
