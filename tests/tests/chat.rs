@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tarn_tests::chat::{alice_and_bob, chat, node_list, Pair, User};
+use tarn_tests::chat::{alice_and_bob, node_list, Pair, User};
 use tarn_tests::{start_ring, Node};
 
 const REFRESH_MS: u64 = 1000;
@@ -103,18 +103,7 @@ fn the_engine_redials_a_node_that_restarted() {
     // redials at its next refresh and keeps looking for offline contacts through it.
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(&dir.path().join("n0"), &[]);
-    let (pa, pb) = (dir.path().join("alice"), dir.path().join("bob"));
-    chat(&["init", "--profile", pa.to_str().unwrap(), "--name", "alice"]);
-    let card_b = chat(&["init", "--profile", pb.to_str().unwrap(), "--name", "bob"]);
-    chat(&[
-        "add",
-        "--profile",
-        pa.to_str().unwrap(),
-        "--card",
-        &card_b,
-        "--secret",
-        "x",
-    ]);
+    let Pair { alice: pa, .. } = alice_and_bob(dir.path(), "x");
     // Bob stays offline: alice retrieves his slots every refresh.
     let _alice = User::run(&pa, &node.addr, REFRESH_MS);
     let grows = |node: &Node, within: Duration| {

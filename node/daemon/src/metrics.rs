@@ -12,6 +12,10 @@ use tarn_store::Store;
 
 use crate::timesync::Clock;
 
+/// One store read in this many is timed for `tarn_storage_duration_seconds{op="get"}` (a read
+/// from the index takes about as long as the two clock reads that would time it).
+pub const GET_TIMING_EVERY: u32 = 16;
+
 /// Reasons a node-to-node handshake or link is refused (label values of
 /// `tarn_peer_handshakes_refused_total`).
 pub const PEER_REFUSALS: &[&str] = &[
@@ -39,7 +43,7 @@ pub struct Metrics {
     /// Request latency inside the node by `type` (decode to reply encoded).
     pub request_seconds: HistogramVec,
     /// Time spent in the storage engine (the blocking boundary) by `op`; `get` is sampled
-    /// (one read in 16), `put` is every group commit.
+    /// (one read in [`GET_TIMING_EVERY`]), `put` is every group commit.
     pub storage_seconds: HistogramVec,
     /// Inserts per group commit.
     pub batch_size: Histogram,
@@ -172,7 +176,10 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "tarn_storage_duration_seconds",
-                        "Time in the storage engine (blocking boundary); op=get samples one read in 16",
+                        format!(
+                            "Time in the storage engine (blocking boundary); op=get samples one \
+                             read in {GET_TIMING_EVERY}"
+                        ),
                     )
                     .buckets(lat),
                     &["op"],

@@ -31,7 +31,7 @@ use tarn_proto::ring::RingMessage;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, GET_TIMING_EVERY};
 use crate::peer::{PeerError, Pool};
 use crate::timesync::Clock;
 
@@ -92,9 +92,6 @@ impl Shared {
         Epoch::at_unix_ns(self.clock.now().unix_ns, self.cfg.epoch_secs)
     }
 }
-
-/// One store read in this many is timed for `tarn_storage_duration_seconds{op="get"}`.
-const GET_TIMING_EVERY: u32 = 16;
 
 /// An insert waiting for its group commit.
 #[derive(Debug)]
@@ -177,8 +174,7 @@ impl Core {
         s
     }
 
-    /// Whether to time this store read: one in [`GET_TIMING_EVERY`]. A read from the index
-    /// takes about a microsecond, as long as the two clock reads that would time it.
+    /// Whether to time this store read: one in [`GET_TIMING_EVERY`].
     fn time_this_get(&self) -> bool {
         let n = self.gets.get().wrapping_add(1);
         self.gets.set(n);
