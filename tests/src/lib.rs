@@ -14,6 +14,15 @@ use tarn_client::{NodeClient, NodeOptions};
 pub mod chat;
 pub mod tornet;
 
+/// The tests package's directory: taken at run time (cargo sets it for tests), so a test
+/// binary built in another checkout sharing the target directory still finds this checkout's
+/// files.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 /// Directory holding the workspace's binaries for the running profile.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

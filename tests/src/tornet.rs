@@ -23,7 +23,7 @@ impl TorNet {
     /// Starts the network in `dir` on ports `base_port..base_port + 16` and waits (bounded by
     /// the script, 300 s) until it is usable; panics with the relays' logs otherwise.
     pub fn start(dir: &Path, base_port: u16) -> TorNet {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tornet/tornet.sh");
+        let script = crate::manifest_dir().join("tornet/tornet.sh");
         std::fs::create_dir_all(dir).expect("tornet dir");
         // Constructed before the start, so the drop stops whatever did start if it fails.
         let net = TorNet {

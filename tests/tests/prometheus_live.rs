@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tarn_tests::Node;
 
 fn ops() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops")
+    tarn_tests::manifest_dir().join("../ops")
 }
 
 fn promtool(args: &[&str], dir: &Path) -> String {

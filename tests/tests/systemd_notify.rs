@@ -10,20 +10,16 @@ use tarn_tests::bin;
 
 #[test]
 fn ready_watchdog_and_stopping_notifications() {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../ops/systemd/tarnd.service"
-    ))
-    .unwrap();
+    let unit =
+        std::fs::read_to_string(tarn_tests::manifest_dir().join("../ops/systemd/tarnd.service"))
+            .unwrap();
     let exec = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("ExecStart");
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../ops/tarnd.example.toml"
-    ))
-    .unwrap();
+    let example =
+        std::fs::read_to_string(tarn_tests::manifest_dir().join("../ops/tarnd.example.toml"))
+            .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");

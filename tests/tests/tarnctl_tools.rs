@@ -7,7 +7,11 @@ use tarn_tests::bin;
 #[test]
 fn config_check_reports_every_problem_and_accepts_the_example() {
     let dir = tempfile::tempdir().unwrap();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/tarnd.example.toml");
+    let example = tarn_tests::manifest_dir()
+        .join("../ops/tarnd.example.toml")
+        .to_string_lossy()
+        .into_owned();
+    let example = example.as_str();
     let ok = Command::new(bin("tarnctl"))
         .args(["config", "check", example])
         .output()

@@ -242,6 +242,14 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
                 .spawn(move || maintenance::run_gc(s))?,
         );
     }
+    {
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tarn-journal".into())
+                .spawn(move || maintenance::run_journal(s))?,
+        );
+    }
     if cfg.wal == tarn_store::WalPolicy::Periodic {
         let (s, every) = (shared.clone(), cfg.wal_sync_interval);
         threads.push(

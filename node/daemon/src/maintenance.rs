@@ -1,5 +1,6 @@
-//! Background work off the executors: epoch GC with partition preparation, and the periodic WAL
-//! sync. Each runs on a thread of its own so a slow drop never delays a sync.
+//! Background work off the executors: epoch GC with partition preparation, the periodic WAL
+//! sync, and moving the store's journal into its partitions. Each runs on a thread of its own so
+//! a slow drop never delays a sync.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -73,4 +74,29 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
             (next.saturating_duration_since(Instant::now())).min(Duration::from_millis(50)),
         );
     }
+}
+
+/// How often the store's journal is moved into its partitions: long enough that each move is a
+/// large sorted run, short enough that the journal stays small.
+pub const JOURNAL_EVERY: Duration = Duration::from_millis(1000);
+
+/// Applies the store's journal every [`JOURNAL_EVERY`] until shutdown, then once more.
+pub fn run_journal(shared: Arc<Shared>) {
+    let apply = || {
+        let t = Instant::now();
+        match shared.store.apply_journal() {
+            Ok(0) => {}
+            Ok(_) => shared
+                .metrics
+                .storage_seconds
+                .with_label_values(&["journal_apply"])
+                .observe(t.elapsed().as_secs_f64()),
+            Err(e) => tracing::error!(error = %e, "applying the journal failed; retrying"),
+        }
+    };
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(JOURNAL_EVERY);
+        apply();
+    }
+    apply();
 }

@@ -505,6 +505,11 @@ impl Metrics {
                         "tarn_index_bytes",
                         "Bytes held by the in-memory index of live epochs (reads served from memory)",
                     ),
+                    (
+                        S::JournalBytes,
+                        "tarn_journal_bytes",
+                        "Bytes of inserts in the storage journal, not yet moved into their epoch partitions",
+                    ),
                 ]
                 .into_iter()
                 .map(|(stat, name, help)| {
@@ -567,7 +572,7 @@ impl Metrics {
         for o in ["ok", "failed"] {
             m.replica_writes.with_label_values(&[o]);
         }
-        for op in ["put_batch", "get", "wal_sync"] {
+        for op in ["put_batch", "get", "wal_sync", "journal_apply"] {
             m.storage_seconds.with_label_values(&[op]);
         }
         let info = IntGaugeVec::new(

@@ -7,7 +7,15 @@ use std::process::Command;
 use tarn_node::config::{Config, KEYS};
 
 fn ops() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops")
+    manifest_dir().join("../../ops")
+}
+
+/// The package's directory: taken at run time (cargo sets it for tests), so a test binary built
+/// in another checkout sharing the target directory still finds this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }
 
 #[test]

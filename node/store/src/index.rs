@@ -7,12 +7,14 @@
 //! sections). An epoch's index is *authoritative* — a miss means "not stored" — only while it
 //! holds every value of that epoch: it is created empty together with its partition, or filled
 //! from the partition at open, and updated after every successful write. When the byte budget
-//! would be exceeded, the epoch that needed the room stops being authoritative (its map is
-//! cleared) and its reads go to RocksDB until the epoch expires; the index never serves a
-//! partial answer.
+//! would be exceeded, the epoch that needed the room is marked *overflowed*: new writes to it go
+//! straight to its partition instead of the store's journal, and once the journal has been
+//! applied (so RocksDB holds every value of the epoch) the store *retires* it — its map is
+//! cleared and its reads go to RocksDB until the epoch expires. The index never serves a
+//! partial answer; between overflow and retirement it holds more than its budget.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -31,6 +33,9 @@ struct EpochIndex {
     map: DashMap<Key, Vec<u8>, foldhash::fast::RandomState>,
     /// Whether the map holds every value of the epoch.
     complete: AtomicBool,
+    /// Whether the epoch went over the budget and waits to be retired; its bytes no longer
+    /// count in [`LiveIndex::used_bytes`].
+    overflowed: AtomicBool,
     /// Bytes this epoch's entries count against the budget.
     bytes: AtomicU64,
 }
@@ -50,6 +55,8 @@ pub(crate) struct LiveIndex {
     epochs: ArcSwap<Vec<(Epoch, Arc<EpochIndex>)>>,
     budget: u64,
     used: AtomicU64,
+    /// Epochs marked overflowed and not yet retired.
+    to_retire: Mutex<Vec<Epoch>>,
 }
 
 impl LiveIndex {
@@ -59,6 +66,7 @@ impl LiveIndex {
             epochs: ArcSwap::from_pointee(Vec::new()),
             budget,
             used: AtomicU64::new(0),
+            to_retire: Mutex::new(Vec::new()),
         }
     }
 
@@ -86,6 +94,7 @@ impl LiveIndex {
                     Arc::new(EpochIndex {
                         map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
                         complete: AtomicBool::new(true),
+                        overflowed: AtomicBool::new(false),
                         bytes: AtomicU64::new(0),
                     }),
                 ));
@@ -94,20 +103,32 @@ impl LiveIndex {
         });
     }
 
-    /// Loads one stored set of `epoch` (at open, before writes).
+    /// Loads one stored set of `epoch` (at open, before writes; RocksDB holds everything, so an
+    /// epoch that overflows is retired at once).
     pub(crate) fn fill(&self, epoch: Epoch, key: Key, set: &[u8]) {
         if let Some(idx) = self.find(epoch) {
-            self.put_set(&idx, key, set.to_vec());
+            if self.put_set(epoch, &idx, key, set.to_vec()) {
+                self.retire_overflowed();
+            }
         }
     }
 
-    /// Folds a written operand into the key's set.
-    pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) {
+    /// Whether a write to `epoch` may be acknowledged from the journal: the index holds the
+    /// whole epoch and will keep answering for it until the journal has been applied.
+    pub(crate) fn journaled(&self, epoch: Epoch) -> bool {
+        self.find(epoch).is_some_and(|idx| {
+            idx.complete.load(Ordering::Acquire) && !idx.overflowed.load(Ordering::Acquire)
+        })
+    }
+
+    /// Folds a written operand into the key's set. Returns true when this write marked the
+    /// epoch overflowed (the caller arranges its retirement).
+    pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) -> bool {
         let Some(idx) = self.find(epoch) else {
-            return;
+            return false;
         };
         if !idx.complete.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         // Bytes before and after: an eviction can shrink a set, and the budget follows it.
         let (mut before, mut after) = (0u64, 0u64);
@@ -125,31 +146,66 @@ impl LiveIndex {
                 set
             });
         if after >= before {
-            self.account(&idx, after - before);
+            self.account(epoch, &idx, after - before)
         } else {
             let freed = before - after;
             sub_saturating(&idx.bytes, freed);
-            sub_saturating(&self.used, freed);
+            if !idx.overflowed.load(Ordering::Acquire) {
+                sub_saturating(&self.used, freed);
+            }
+            false
         }
     }
 
-    fn put_set(&self, idx: &Arc<EpochIndex>, key: Key, set: Vec<u8>) {
+    fn put_set(&self, epoch: Epoch, idx: &Arc<EpochIndex>, key: Key, set: Vec<u8>) -> bool {
         if !idx.complete.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let grown = set.len() as u64 + ENTRY_OVERHEAD;
         idx.map.insert(key, set);
-        self.account(idx, grown);
+        self.account(epoch, idx, grown)
     }
 
-    fn account(&self, idx: &Arc<EpochIndex>, grown: u64) {
+    /// Counts `grown` bytes of `epoch`; marks it overflowed when the budget is exceeded.
+    fn account(&self, epoch: Epoch, idx: &Arc<EpochIndex>, grown: u64) -> bool {
         idx.bytes.fetch_add(grown, Ordering::Relaxed);
+        if idx.overflowed.load(Ordering::Acquire) {
+            return false;
+        }
         let used = self.used.fetch_add(grown, Ordering::Relaxed) + grown;
-        if used > self.budget && idx.complete.swap(false, Ordering::AcqRel) {
-            // Over budget: this epoch's reads go to the durable store from now on.
-            idx.map.clear();
-            let freed = idx.bytes.swap(0, Ordering::Relaxed);
-            sub_saturating(&self.used, freed);
+        if used > self.budget && !idx.overflowed.swap(true, Ordering::AcqRel) {
+            // Over budget: its bytes leave the count now (so other epochs keep their room), and
+            // it is retired once the journal no longer holds any of its values.
+            sub_saturating(&self.used, idx.bytes.load(Ordering::Relaxed));
+            self.to_retire
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(epoch);
+            return true;
+        }
+        false
+    }
+
+    /// Whether some epoch waits to be retired.
+    pub(crate) fn has_overflowed(&self) -> bool {
+        !self
+            .to_retire
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Retires every overflowed epoch: its reads go to the durable store from now on. The
+    /// caller guarantees RocksDB holds every value of those epochs (no journal entry for them is
+    /// pending or being written).
+    pub(crate) fn retire_overflowed(&self) {
+        let epochs = std::mem::take(&mut *self.to_retire.lock().unwrap_or_else(|p| p.into_inner()));
+        for epoch in epochs {
+            if let Some(idx) = self.find(epoch) {
+                idx.complete.store(false, Ordering::Release);
+                idx.map.clear();
+                idx.bytes.store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -183,7 +239,7 @@ impl LiveIndex {
             for (e, i) in cur.iter() {
                 if *e >= oldest_live {
                     next.push((*e, i.clone()));
-                } else {
+                } else if !i.overflowed.load(Ordering::Acquire) {
                     freed += i.bytes.load(Ordering::Relaxed);
                 }
             }
@@ -251,25 +307,40 @@ mod tests {
     }
 
     #[test]
-    fn an_epoch_over_the_budget_stops_answering_instead_of_answering_partially() {
+    fn an_epoch_over_the_budget_is_retired_instead_of_answering_partially() {
         let idx = LiveIndex::new(4096);
         idx.add_epoch(Epoch(7));
         idx.add_epoch(Epoch(8));
         idx.merge(Epoch(8), Key([9; 32]), &op(1, b"small"), 8);
+        assert!(idx.journaled(Epoch(7)) && idx.journaled(Epoch(8)));
         let mut k = 0u8;
-        while values(&idx, 7, 0) != Lookup::Unknown {
-            idx.merge(Epoch(7), Key([k; 32]), &op(1, &[k; 300]), 8);
+        while !idx.merge(Epoch(7), Key([k; 32]), &op(1, &[k; 300]), 8) {
             k += 1;
             assert!(k < 40, "the budget is enforced");
         }
-        // The other epoch keeps answering; the overflowing one frees its bytes.
+        // Overflowed: no more journaled writes for it, but it still answers in full (the
+        // journal may hold its values) until the store retires it.
+        assert!(!idx.journaled(Epoch(7)) && idx.journaled(Epoch(8)));
+        assert!(idx.has_overflowed());
+        assert_eq!(values(&idx, 7, k), Lookup::Known(Some(vec![vec![k; 300]])));
+        // Its bytes left the count at once, so the other epoch keeps its room.
+        assert!(idx.used_bytes() < 4096);
+        idx.merge(Epoch(7), Key([200; 32]), &op(2, b"meanwhile"), 8);
+        assert_eq!(
+            values(&idx, 7, 200),
+            Lookup::Known(Some(vec![b"meanwhile".to_vec()]))
+        );
+        idx.retire_overflowed();
+        assert!(!idx.has_overflowed());
+        assert_eq!(values(&idx, 7, 0), Lookup::Unknown);
         assert_eq!(
             values(&idx, 8, 9),
             Lookup::Known(Some(vec![b"small".to_vec()]))
         );
-        assert!(idx.used_bytes() < 4096);
-        idx.merge(Epoch(7), Key([0; 32]), &op(2, b"later"), 8);
+        idx.merge(Epoch(7), Key([0; 32]), &op(3, b"later"), 8);
         assert_eq!(values(&idx, 7, 0), Lookup::Unknown);
+        idx.drop_before(Epoch(9));
+        assert_eq!(idx.used_bytes(), 0);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 mod error;
 #[cfg(feature = "rocksdb")]
 mod index;
+#[cfg(feature = "rocksdb")]
+mod journal;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;

@@ -13,10 +13,24 @@
 //! - **WAL.** `max_total_wal_size` is bounded so small old partitions cannot pin the shared WAL.
 //!   The [`WalPolicy`] decides whether a write waits for fsync; the periodic policy leaves
 //!   fsync to [`Store::sync`], called off the request path.
+//! - **Journal.** A write batch to epochs the index answers for is one `put` of a journal entry
+//!   (column family `journal`, key = a sequence number) holding all its values, in the same
+//!   atomic, logged RocksDB batch as any direct writes: a sequential append instead of one
+//!   random skiplist insert per value, which was the largest item of the insert profile.
+//!   [`Store::apply_journal`] (the node calls it every few milliseconds from a thread of its
+//!   own) moves entries into their partitions as merges sorted by key — cheap to insert in
+//!   order — and deletes them, in one logged batch, so a crash at any point leaves every value
+//!   either in the journal or in its partition (merging twice is harmless: the merge is
+//!   idempotent). Reads are not affected: the index answers for journaled epochs. What reads
+//!   RocksDB directly applies the journal first: opening (before the index is filled) and
+//!   [`Store::scan_range`]. An epoch whose index overflows stops being journaled; it is retired
+//!   from the index only after the journal no longer holds any of its values. If nobody applies
+//!   the journal, a batch that finds more than 64 MiB pending applies it itself.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
@@ -26,6 +40,7 @@ use rocksdb::{
 use tarn_proto::{Epoch, Id, Key};
 
 use crate::index::{LiveIndex, Lookup};
+use crate::journal;
 use crate::store::{
     ring_ranges, DropReport, EngineStat, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
 };
@@ -35,6 +50,11 @@ type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 
 const CF_PREFIX: &str = "e-";
 const MERGE_NAME: &str = "tarn-valueset-v1";
+const JOURNAL_CF: &str = "journal";
+/// Journal bytes moved into partitions per RocksDB batch.
+const APPLY_CHUNK: usize = 16 << 20;
+/// Journal bytes pending beyond which a writer applies the journal itself.
+const APPLY_INLINE_AT: u64 = 64 << 20;
 
 /// When a write is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +110,9 @@ pub struct RocksStore {
     opts: RocksOptions,
     cf_opts: Options,
     write_opts: WriteOptions,
+    /// Options of the batches that move journal entries into partitions: logged, never synced
+    /// (until they are, the entries they delete are still in the log).
+    apply_opts: WriteOptions,
     ledger: Mutex<Ledger>,
     /// The partitions that exist. Its lock also serialises creating and dropping them (the slow
     /// path); reads never take it, writes only when a partition is missing.
@@ -100,6 +123,15 @@ pub struct RocksStore {
     write_gate: RwLock<()>,
     /// Live epochs in memory: reads are served from here when it is authoritative.
     index: LiveIndex,
+    /// The next journal entry's key.
+    journal_seq: AtomicU64,
+    /// Journal bytes written and not yet applied (approximate: an upper bound).
+    journal_pending: AtomicU64,
+    /// Journal entries written and not yet applied, in memory (the journal column family is
+    /// read only when recovering).
+    journal: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Serialises applying the journal.
+    apply_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -157,17 +189,30 @@ impl RocksStore {
         } else {
             Vec::new()
         };
+        let mut journal_opts = Options::default();
+        // Entries are deleted within milliseconds; a large memtable lets them die there
+        // instead of being flushed.
+        journal_opts.set_write_buffer_size(64 << 20);
+        journal_opts.set_compression_type(rocksdb::DBCompressionType::None);
         let descriptors = existing
             .iter()
-            .filter(|n| n.as_str() != rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .filter(|n| parse_cf_name(n).is_some())
             .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()))
+            .chain(std::iter::once(ColumnFamilyDescriptor::new(
+                JOURNAL_CF,
+                journal_opts,
+            )))
             .collect::<Vec<_>>();
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors)
             .map_err(|e| StoreError::engine("open", e))?;
 
         let mut write_opts = WriteOptions::default();
+        let mut apply_opts = WriteOptions::default();
         match opts.wal {
-            WalPolicy::Disabled => write_opts.disable_wal(true),
+            WalPolicy::Disabled => {
+                write_opts.disable_wal(true);
+                apply_opts.disable_wal(true);
+            }
             WalPolicy::NoSync | WalPolicy::Periodic => write_opts.set_sync(false),
             WalPolicy::EveryWrite => write_opts.set_sync(true),
         }
@@ -179,13 +224,123 @@ impl RocksStore {
             opts,
             cf_opts,
             write_opts,
+            apply_opts,
             ledger: Mutex::new(Ledger::default()),
             write_gate: RwLock::new(()),
             index: LiveIndex::new(opts_index_bytes),
             partitions: Mutex::new(existing.iter().filter_map(|n| parse_cf_name(n)).collect()),
+            journal_seq: AtomicU64::new(0),
+            journal_pending: AtomicU64::new(0),
+            journal: Mutex::new(Vec::new()),
+            apply_lock: Mutex::new(()),
         };
+        // What a crash left in the journal goes to its partitions before anything reads them.
+        store.recover_journal()?;
         store.recount()?;
         Ok(store)
+    }
+
+    /// Moves the journal entries a crash left behind into their partitions, and starts the
+    /// journal's keys after theirs (at open, before anything else touches the store).
+    fn recover_journal(&self) -> Result<(), StoreError> {
+        let journal = self.journal_cf()?;
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
+        let mut next_seq = 0u64;
+        for item in self.db.iterator_cf(&journal, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| StoreError::engine("recover journal", e))?;
+            let seq = <[u8; 8]>::try_from(&k[..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::engine("recover journal", "malformed journal key"))?;
+            next_seq = next_seq.max(seq.saturating_add(1));
+            bytes += v.len();
+            chunk.push((seq, v.into_vec()));
+            if bytes >= APPLY_CHUNK {
+                self.apply_entries(&chunk)?;
+                chunk.clear();
+                bytes = 0;
+            }
+        }
+        self.apply_entries(&chunk)?;
+        self.journal_seq.store(next_seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn journal_cf(&self) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>, StoreError> {
+        self.db
+            .cf_handle(JOURNAL_CF)
+            .ok_or_else(|| StoreError::engine("journal", "journal column family missing"))
+    }
+
+    fn journal_entries(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Vec<u8>)>> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves every written journal entry into its partition. The caller holds `write_gate`
+    /// (shared or exclusive), so no partition is dropped meanwhile. Returns the values moved.
+    fn apply_journal_locked(&self) -> Result<u64, StoreError> {
+        let _apply = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = std::mem::take(&mut *self.journal_entries());
+        let mut moved = 0u64;
+        let mut from = 0;
+        while from < entries.len() {
+            let mut to = from;
+            let mut bytes = 0usize;
+            while to < entries.len() && bytes < APPLY_CHUNK {
+                bytes += entries[to].1.len();
+                to += 1;
+            }
+            match self.apply_entries(&entries[from..to]) {
+                Ok(n) => moved += n,
+                Err(e) => {
+                    // Still in the journal, on disk and here: the next apply retries them.
+                    self.journal_entries()
+                        .extend(entries.into_iter().skip(from));
+                    return Err(e);
+                }
+            }
+            sub_saturating(&self.journal_pending, bytes as u64);
+            from = to;
+        }
+        Ok(moved)
+    }
+
+    /// Writes the values of `entries` to their partitions as merges sorted by key, and deletes
+    /// the entries, in one logged batch: a crash leaves each value in the journal or in its
+    /// partition. Values of partitions that are gone (expired) are dropped with their entry.
+    fn apply_entries(&self, entries: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let journal = self.journal_cf()?;
+        let mut records = Vec::new();
+        for (_, entry) in entries {
+            for r in journal::records(entry) {
+                records.push(r.map_err(|e| StoreError::engine("apply journal", e))?);
+            }
+        }
+        // In key order per partition, each insert lands next to the previous one.
+        records.sort_unstable_by_key(|r| (r.0, r.1));
+        let mut batch = WriteBatch::default();
+        let mut moved = 0u64;
+        let mut cf: Option<(Epoch, Option<Arc<rocksdb::BoundColumnFamily<'_>>>)> = None;
+        for (epoch, key, operand) in &records {
+            if cf.as_ref().is_none_or(|(e, _)| e != epoch) {
+                cf = Some((*epoch, self.db.cf_handle(&cf_name(*epoch))));
+            }
+            if let Some((_, Some(handle))) = &cf {
+                batch.merge_cf(handle, key.0, operand);
+                moved += 1;
+            }
+        }
+        for (seq, _) in entries {
+            // Each key is put once: a single delete lets the pair vanish at flush.
+            batch.single_delete_cf(&journal, seq.to_be_bytes());
+        }
+        self.db
+            .write_opt(batch, &self.apply_opts)
+            .map_err(|e| StoreError::engine("apply journal", e))?;
+        Ok(moved)
     }
 
     fn recount(&self) -> Result<(), StoreError> {
@@ -277,22 +432,27 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn put_batch(&self, items: &[PutItem<'_>]) -> Vec<Result<(), StoreError>> {
-        let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
+        let gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
         let mut results = self.ledger().admit(items, &self.opts.limits);
         let mut batch = WriteBatch::default();
         // Every operand, back to back: written to the batch, then folded into the index.
         let mut operands = Vec::with_capacity(items.len() * (64 + 320));
         let mut written: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(items.len());
-        // A batch nearly always spans one or two epochs: resolve each partition once.
-        let mut handles: Vec<(
+        // Values of epochs the index answers for, as one journal entry.
+        let mut entry = Vec::new();
+        // A batch nearly always spans one or two epochs: resolve each partition once, and
+        // whether its values go to the journal.
+        type Slot<'a> = (
             Epoch,
-            Result<Arc<rocksdb::BoundColumnFamily<'_>>, StoreError>,
-        )> = Vec::with_capacity(2);
+            Result<Arc<rocksdb::BoundColumnFamily<'a>>, StoreError>,
+            bool,
+        );
+        let mut handles: Vec<Slot<'_>> = Vec::with_capacity(2);
         for (i, it) in items.iter().enumerate() {
             if results[i].is_err() {
                 continue;
             }
-            let slot = match handles.iter().position(|(e, _)| *e == it.epoch) {
+            let slot = match handles.iter().position(|(e, _, _)| *e == it.epoch) {
                 Some(p) => p,
                 None => {
                     let h = self.ensure_partition(it.epoch).and_then(|()| {
@@ -304,13 +464,13 @@ impl Store for RocksStore {
                             }
                         })
                     });
-                    handles.push((it.epoch, h));
+                    handles.push((it.epoch, h, self.index.journaled(it.epoch)));
                     handles.len() - 1
                 }
             };
-            let cf = match &handles[slot].1 {
-                Ok(cf) => cf,
-                Err(e) => {
+            let (cf, journaled) = match &handles[slot] {
+                (_, Ok(cf), journaled) => (cf, *journaled),
+                (_, Err(e), _) => {
                     results[i] = Err(e.clone());
                     self.ledger().release(items, std::iter::once(i));
                     continue;
@@ -318,11 +478,32 @@ impl Store for RocksStore {
             };
             let at = operands.len();
             valueset::encode_one(it.stamp, it.value, &mut operands);
-            batch.merge_cf(cf, it.key.0, &operands[at..]);
+            if journaled {
+                journal::push(&mut entry, it.epoch, &it.key, &operands[at..]);
+            } else {
+                batch.merge_cf(cf, it.key.0, &operands[at..]);
+            }
             written.push((i, at..operands.len()));
         }
         if written.is_empty() {
             return results;
+        }
+        let mut seq = None;
+        if !entry.is_empty() {
+            let journal = match self.journal_cf() {
+                Ok(j) => j,
+                Err(e) => {
+                    self.ledger()
+                        .release(items, written.iter().map(|(i, _)| *i));
+                    for (i, _) in written {
+                        results[i] = Err(e.clone());
+                    }
+                    return results;
+                }
+            };
+            let s = self.journal_seq.fetch_add(1, Ordering::Relaxed);
+            batch.put_cf(&journal, s.to_be_bytes(), &entry);
+            seq = Some(s);
         }
         if let Err(e) = self.db.write_opt(batch, &self.write_opts) {
             let err = StoreError::engine("put", e);
@@ -339,6 +520,20 @@ impl Store for RocksStore {
             self.index
                 .merge(it.epoch, it.key, &operands[range], max_values);
         }
+        let Some(seq) = seq else {
+            return results;
+        };
+        let len = entry.len() as u64;
+        // Pushed before the gate is released: an exclusive holder sees every written entry.
+        self.journal_entries().push((seq, entry));
+        let pending = self.journal_pending.fetch_add(len, Ordering::Relaxed) + len;
+        if pending > APPLY_INLINE_AT {
+            // Nobody applies the journal (or not fast enough): do it here, once.
+            // A failure loses nothing (the values stay in the journal) and the next apply
+            // retries; this batch is already acknowledged either way.
+            let _ = self.apply_journal_locked();
+        }
+        drop(gate);
         results
     }
 
@@ -395,6 +590,8 @@ impl Store for RocksStore {
         upto: Id,
         visit: &mut ScanVisitor<'_>,
     ) -> Result<(), StoreError> {
+        // The partitions must hold everything acknowledged before they are iterated.
+        self.apply_journal()?;
         for epoch in self.list_epochs() {
             let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
                 continue;
@@ -425,6 +622,22 @@ impl Store for RocksStore {
 
     fn stats(&self) -> StoreStats {
         self.ledger().stats()
+    }
+
+    fn apply_journal(&self) -> Result<u64, StoreError> {
+        if self.index.has_overflowed() {
+            // Exclusive: every batch that journaled values of the overflowed epochs has written
+            // them, and later batches write those epochs directly.
+            let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
+            let moved = self.apply_journal_locked()?;
+            self.index.retire_overflowed();
+            return Ok(moved);
+        }
+        if self.journal_pending.load(Ordering::Relaxed) == 0 {
+            return Ok(0);
+        }
+        let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
+        self.apply_journal_locked()
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -459,6 +672,10 @@ impl Store for RocksStore {
             (EngineStat::WalBytes, wal_bytes),
             (EngineStat::IndexBytes, self.index.used_bytes()),
             (
+                EngineStat::JournalBytes,
+                self.journal_pending.load(Ordering::Relaxed),
+            ),
+            (
                 EngineStat::PendingCompactionBytes,
                 self.property_sum("rocksdb.estimate-pending-compaction-bytes"),
             ),
@@ -476,4 +693,11 @@ impl Store for RocksStore {
             ),
         ]
     }
+}
+
+/// Subtracts without wrapping (the pending count is approximate across concurrent writers).
+fn sub_saturating(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
 }

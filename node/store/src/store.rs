@@ -126,6 +126,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// calls this from a thread of its own.
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// Moves values a backend holds in a write journal into their partitions; returns how many.
+    /// The node calls it every few milliseconds from a thread of its own (the journal keeps
+    /// inserts to sequential appends; see `RocksStore`). Backends without one do nothing.
+    fn apply_journal(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Storage-engine figures for metrics, as `(name, value)`; names are stable
     /// (see [`EngineStat`]). Backends without an engine report nothing.
     fn engine_stats(&self) -> Vec<(EngineStat, u64)> {
@@ -152,6 +159,8 @@ pub enum EngineStat {
     DelayedWriteRate,
     /// Bytes held by the memory-resident index of live epochs.
     IndexBytes,
+    /// Bytes of journal entries not yet moved into their partitions.
+    JournalBytes,
 }
 
 /// Accounting and admission shared by both backends: the floor below which epochs are expired,

@@ -1,0 +1,100 @@
+//! The write journal's record format: one journal entry per group commit, holding every value
+//! of the batch that the index answers for, so an insert costs RocksDB one sequential append
+//! instead of one random memtable insert per value. [`crate::RocksStore`] moves entries into
+//! their partitions later, sorted by key (see its module notes).
+//!
+//! An entry is records back to back: `epoch:u64le | key:[u8;32] | len:u32le | operand`, where
+//! the operand is a value-set merge operand ([`crate::valueset::encode_one`]).
+
+use tarn_proto::{Epoch, Key};
+
+const RECORD_HEADER: usize = 8 + 32 + 4;
+
+/// Appends one record to an entry being built.
+pub(crate) fn push(entry: &mut Vec<u8>, epoch: Epoch, key: &Key, operand: &[u8]) {
+    entry.reserve(RECORD_HEADER + operand.len());
+    entry.extend_from_slice(&epoch.0.to_le_bytes());
+    entry.extend_from_slice(&key.0);
+    entry.extend_from_slice(&(operand.len() as u32).to_le_bytes());
+    entry.extend_from_slice(operand);
+}
+
+/// A journal entry that does not parse (RocksDB checksums its blocks and log, so this means a
+/// bug or a foreign database, not a torn write).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt journal entry at byte {offset}")]
+pub(crate) struct CorruptEntry {
+    pub(crate) offset: usize,
+}
+
+/// The records of one entry, in the order they were pushed.
+pub(crate) fn records(
+    entry: &[u8],
+) -> impl Iterator<Item = Result<(Epoch, Key, &[u8]), CorruptEntry>> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at == entry.len() {
+            return None;
+        }
+        let rest = &entry[at..];
+        let parsed = (rest.len() >= RECORD_HEADER)
+            .then(|| {
+                let epoch = u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes"));
+                let key: [u8; 32] = rest[8..40].try_into().expect("32 bytes");
+                let len = u32::from_le_bytes(rest[40..44].try_into().expect("4 bytes")) as usize;
+                let operand = rest.get(RECORD_HEADER..RECORD_HEADER.checked_add(len)?)?;
+                Some((Epoch(epoch), Key(key), operand))
+            })
+            .flatten();
+        match parsed {
+            Some(r) => {
+                at += RECORD_HEADER + r.2.len();
+                Some(Ok(r))
+            }
+            None => {
+                let e = CorruptEntry { offset: at };
+                at = entry.len();
+                Some(Err(e))
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_truncation_is_an_error_not_a_panic() {
+        let mut entry = Vec::new();
+        push(&mut entry, Epoch(7), &Key([1; 32]), b"first");
+        push(&mut entry, Epoch(8), &Key([2; 32]), b"");
+        push(&mut entry, Epoch(u64::MAX), &Key([3; 32]), &[9; 300]);
+        let got: Vec<_> = records(&entry).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (Epoch(7), Key([1; 32]), &b"first"[..]),
+                (Epoch(8), Key([2; 32]), &b""[..]),
+                (Epoch(u64::MAX), Key([3; 32]), &[9u8; 300][..]),
+            ]
+        );
+        for cut in 1..entry.len() {
+            let parsed: Vec<_> = records(&entry[..cut]).collect();
+            assert!(
+                parsed.last().is_some_and(|r| r.is_err())
+                    || cut == RECORD_HEADER + 5
+                    || cut == 2 * RECORD_HEADER + 5,
+                "a cut at {cut} must end in an error"
+            );
+        }
+        // A length that points past the end.
+        let mut bad = Vec::new();
+        push(&mut bad, Epoch(1), &Key([0; 32]), b"abc");
+        bad[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            records(&bad).collect::<Vec<_>>(),
+            vec![Err(CorruptEntry { offset: 0 })]
+        );
+    }
+}
