@@ -78,7 +78,7 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
 
 /// How often the store's journal is moved into its partitions: long enough that each move is a
 /// large sorted run, short enough that the journal stays small.
-pub const JOURNAL_EVERY: Duration = Duration::from_millis(1000);
+pub const JOURNAL_EVERY: Duration = Duration::from_millis(200);
 
 /// Applies the store's journal every [`JOURNAL_EVERY`] until shutdown, then once more.
 pub fn run_journal(shared: Arc<Shared>) {
