@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A/B of two tarnd builds side by side: both pinned to the same core (SERVER_CPU), tarn-load on
 # another (LOAD_CPU), rounds alternating A B A B ..., medians of ops/s and server CPU per op,
-# and B/A. Every process started here is stopped by PID.
+# and B/A. After each round the server is left to finish its background work (settle.sh) before
+# the other side runs, and that work counts in its CPU per op. Every process started here is
+# stopped by PID.
 #
 #   benches/ab.sh OLD_TARND NEW_TARND
 #   ROUNDS=5 SECS=4 PROFILES="50x1:50 50x16:50" benches/ab.sh /tmp/tarnd-old "$CARGO_TARGET_DIR/release/tarnd"
@@ -30,6 +32,8 @@ start() { # side binary
   taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$(cat "$work/$1.addr")" --keys "$KEYS" \
     --value-bytes "$VALUE" --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
 }
+# shellcheck source=settle.sh
+. benches/settle.sh
 start a "$1"; start b "$2"
 echo "A: $1"; echo "B: $2"
 printf '%-10s %12s %12s %7s %12s %12s\n' profile A_ops B_ops B/A A_cpu_us B_cpu_us
@@ -38,10 +42,13 @@ for prof in $PROFILES; do
   : > "$work/rounds"
   for _ in $(seq 1 "$ROUNDS"); do
     for side in a b; do
-      taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$(cat "$work/$side.addr")" \
+      out=$(taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$(cat "$work/$side.addr")" \
         --server-pid "$(cat "$work/$side.pid")" --conns "$conns" --pipeline "$pipe" --insert-pct "$pct" \
-        --value-bytes "$VALUE" --keys "$KEYS" --duration "${SECS}s" --json |
-        python3 -c "import json,sys; d=json.load(sys.stdin); print('$side', d['ops_per_sec'], d.get('server_cpu_us_per_op') or 0)" >> "$work/rounds"
+        --value-bytes "$VALUE" --keys "$KEYS" --duration "${SECS}s" --json)
+      # The work a round leaves behind (flushes, compactions) is charged to it, and done before
+      # the other side's round.
+      after=$(settle "$(cat "$work/$side.pid")")
+      python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('$side', d['ops_per_sec'], (d.get('server_cpu_us_per_op') or 0) + $after / max(d['ops'], 1))" "$out" >> "$work/rounds"
     done
   done
   python3 - "$prof" "$work/rounds" <<'PY'

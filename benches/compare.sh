@@ -59,6 +59,8 @@ load() { # target pid conns pipeline insert_pct
   taskset -c "$LOAD_CPU" "$B/tarn-load" --target "$1" --server-pid "$2" --conns "$3" --pipeline "$4" \
     --insert-pct "$5" --value-bytes "$VALUE" --keys "$KEYS" --duration "${SECS}s" --json
 }
+# shellcheck source=settle.sh
+. benches/settle.sh
 json() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv[2]])" "$1" "$2"; }
 
 # Preload both with every key, so retrieves hit.
@@ -75,9 +77,9 @@ for prof in $PROFILES; do
   cp=${prof%%:*}; pct=${prof##*:}; conns=${cp%%x*}; pipe=${cp##*x}
   t_ops=(); r_ops=(); t_p50=(); r_p50=(); t_p99=(); r_p99=()
   for _ in $(seq 1 "$ROUNDS"); do
-    out=$(load "tarn://127.0.0.1:$tport" "$tpid" "$conns" "$pipe" "$pct")
+    out=$(load "tarn://127.0.0.1:$tport" "$tpid" "$conns" "$pipe" "$pct"); settle "$tpid" >/dev/null
     t_ops+=("$(json "$out" ops_per_sec)"); t_p50+=("$(json "$out" p50_us)"); t_p99+=("$(json "$out" p99_us)")
-    out=$(load "redis://127.0.0.1:$rport" "$rpid" "$conns" "$pipe" "$pct")
+    out=$(load "redis://127.0.0.1:$rport" "$rpid" "$conns" "$pipe" "$pct"); settle "$rpid" >/dev/null
     r_ops+=("$(json "$out" ops_per_sec)"); r_p50+=("$(json "$out" p50_us)"); r_p99+=("$(json "$out" p99_us)")
   done
   med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -37,6 +37,8 @@ load() {
     --pipeline "$PIPELINE" --insert-pct "$INSERT_PCT" --value-bytes "$VALUE" --keys "$KEYS" \
     --duration "${SECS}s" --json
 }
+# shellcheck source=settle.sh
+. benches/settle.sh
 field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])[sys.argv[2]]))" "$1" "$2"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
@@ -44,7 +46,8 @@ echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f
 echo "profile: ${CONNS}x${PIPELINE}, ${INSERT_PCT}% inserts, ${VALUE} B values, ${KEYS} keys; ${ROUNDS} rounds x ${SECS}s interleaved"
 a=(); b=(); errs=0
 for r in $(seq 1 "$ROUNDS"); do
-  x=$(load "$laddr" "$lpid"); y=$(load "$taddr" "$tpid")
+  x=$(load "$laddr" "$lpid"); settle "$lpid" >/dev/null
+  y=$(load "$taddr" "$tpid"); settle "$tpid" >/dev/null
   a+=("$(field "$x" ops_per_sec)"); b+=("$(field "$y" ops_per_sec)")
   errs=$((errs + $(field "$x" errors) + $(field "$y" errors)))
   echo "round $r: limit-server ${a[-1]} ops/s (p99 $(field "$x" p99_us) us)   tarnd ${b[-1]} ops/s (p99 $(field "$y" p99_us) us)"

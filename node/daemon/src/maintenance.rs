@@ -76,11 +76,15 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
-/// How often the store's journal is moved into its partitions: long enough that each move is a
-/// large sorted run, short enough that the journal stays small.
-pub const JOURNAL_EVERY: Duration = Duration::from_millis(200);
+/// How often the store's journal is moved into its partitions at most: each move writes one
+/// SST file per epoch, so fewer, larger moves mean fewer files for RocksDB to compact.
+pub const JOURNAL_EVERY: Duration = Duration::from_secs(1);
+/// Journal bytes that trigger a move before [`JOURNAL_EVERY`] is up (a busy node's journal
+/// stays small: memory, and replay after a crash).
+pub const JOURNAL_AT: u64 = 32 << 20;
 
-/// Applies the store's journal every [`JOURNAL_EVERY`] until shutdown, then once more.
+/// Applies the store's journal every [`JOURNAL_EVERY`], or as soon as it holds [`JOURNAL_AT`]
+/// bytes, until shutdown, then once more.
 pub fn run_journal(shared: Arc<Shared>) {
     let apply = || {
         let t = Instant::now();
@@ -94,9 +98,13 @@ pub fn run_journal(shared: Arc<Shared>) {
             Err(e) => tracing::error!(error = %e, "applying the journal failed; retrying"),
         }
     };
+    let mut last = Instant::now();
     while !shared.shutdown.load(Ordering::Relaxed) {
-        std::thread::sleep(JOURNAL_EVERY);
-        apply();
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= JOURNAL_EVERY || shared.store.journal_bytes() >= JOURNAL_AT {
+            apply();
+            last = Instant::now();
+        }
     }
     apply();
 }

@@ -15,17 +15,18 @@
 //!   fsync to [`Store::sync`], called off the request path.
 //! - **Journal.** A write batch to epochs the index answers for is one `put` of a journal entry
 //!   (column family `journal`, key = a sequence number) holding all its values, in the same
-//!   atomic, logged RocksDB batch as any direct writes: a sequential append instead of one
-//!   random skiplist insert per value, which was the largest item of the insert profile.
-//!   [`Store::apply_journal`] (the node calls it every few milliseconds from a thread of its
-//!   own) moves entries into their partitions as merges sorted by key — cheap to insert in
-//!   order — and deletes them, in one logged batch, so a crash at any point leaves every value
-//!   either in the journal or in its partition (merging twice is harmless: the merge is
-//!   idempotent). Reads are not affected: the index answers for journaled epochs. What reads
-//!   RocksDB directly applies the journal first: opening (before the index is filled) and
-//!   [`Store::scan_range`]. An epoch whose index overflows stops being journaled; it is retired
-//!   from the index only after the journal no longer holds any of its values. If nobody applies
-//!   the journal, a batch that finds more than 64 MiB pending applies it itself.
+//!   atomic, logged RocksDB batch as any direct writes: one sequential append instead of one
+//!   random memtable (skiplist) insert per value, which was the largest item of the insert
+//!   profile. [`Store::apply_journal`] (the node calls it about once a second from a thread of
+//!   its own) sorts what accumulated, writes each partition's share as one SST file and ingests
+//!   it (no memtable, no second trip through the log, nothing to flush later), then deletes the
+//!   entries. A crash at any point leaves every value in the journal, in its partition, or in
+//!   both (merging twice is harmless: the merge is idempotent). Reads are not affected: the
+//!   index answers for journaled epochs. What reads RocksDB directly applies the journal first:
+//!   opening (before the index is filled) and [`Store::scan_range`]. An epoch whose index
+//!   overflows stops being journaled; it is retired from the index only after the journal no
+//!   longer holds any of its values. If nobody applies the journal, a batch that finds more
+//!   than [`APPLY_INLINE_AT`] bytes pending applies it itself.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -51,10 +52,13 @@ type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 const CF_PREFIX: &str = "e-";
 const MERGE_NAME: &str = "tarn-valueset-v1";
 const JOURNAL_CF: &str = "journal";
-/// Journal bytes moved into partitions per RocksDB batch.
+/// Journal bytes moved into partitions per round of SST files.
 const APPLY_CHUNK: usize = 16 << 20;
-/// Journal bytes pending beyond which a writer applies the journal itself.
-const APPLY_INLINE_AT: u64 = 64 << 20;
+/// Journal bytes pending beyond which a writer applies the journal itself (a backstop: the node
+/// applies it well before).
+const APPLY_INLINE_AT: u64 = 256 << 20;
+/// Where SST files for ingestion are built (under the data directory; emptied at open).
+const INGEST_DIR: &str = "ingest";
 
 /// When a write is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +136,8 @@ pub struct RocksStore {
     journal: Mutex<Vec<(u64, Vec<u8>)>>,
     /// Serialises applying the journal.
     apply_lock: Mutex<()>,
+    /// Names the SST files built for ingestion.
+    ingest_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -233,7 +239,13 @@ impl RocksStore {
             journal_pending: AtomicU64::new(0),
             journal: Mutex::new(Vec::new()),
             apply_lock: Mutex::new(()),
+            ingest_seq: AtomicU64::new(0),
         };
+        // Files a crash left half-built are not in the database: start the directory afresh.
+        let ingest = store.path.join(INGEST_DIR);
+        let _ = std::fs::remove_dir_all(&ingest);
+        std::fs::create_dir_all(&ingest)
+            .map_err(|e| StoreError::engine("open", format!("{}: {e}", ingest.display())))?;
         // What a crash left in the journal goes to its partitions before anything reads them.
         store.recover_journal()?;
         store.recount()?;
@@ -319,20 +331,52 @@ impl RocksStore {
                 records.push(r.map_err(|e| StoreError::engine("apply journal", e))?);
             }
         }
-        // In key order per partition, each insert lands next to the previous one.
+        // Sorted per partition, each partition's values become one SST file, ingested whole:
+        // no memtable insert, no second trip through the log, nothing to flush later.
         records.sort_unstable_by_key(|r| (r.0, r.1));
-        let mut batch = WriteBatch::default();
+        let max_values = self.opts.limits.max_values_per_key as usize;
         let mut moved = 0u64;
-        let mut cf: Option<(Epoch, Option<Arc<rocksdb::BoundColumnFamily<'_>>>)> = None;
-        for (epoch, key, operand) in &records {
-            if cf.as_ref().is_none_or(|(e, _)| e != epoch) {
-                cf = Some((*epoch, self.db.cf_handle(&cf_name(*epoch))));
+        let mut at = 0;
+        while at < records.len() {
+            let epoch = records[at].0;
+            let end = at + records[at..].partition_point(|r| r.0 == epoch);
+            let group = &records[at..end];
+            at = end;
+            let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
+                // Expired meanwhile: its values went with it.
+                continue;
+            };
+            let seq = self.ingest_seq.fetch_add(1, Ordering::Relaxed);
+            let path = self.path.join(INGEST_DIR).join(format!("{seq:016x}.sst"));
+            let engine = |e| StoreError::engine("apply journal", e);
+            let mut writer = rocksdb::SstFileWriter::create(&self.cf_opts);
+            writer.open(&path).map_err(engine)?;
+            let mut k = 0;
+            while k < group.len() {
+                let key = group[k].1;
+                let same = group[k..].partition_point(|r| r.1 == key);
+                if same == 1 {
+                    writer.merge(key.0, group[k].2).map_err(engine)?;
+                } else {
+                    // One entry per key in a file: the key's operands merged first.
+                    let merged =
+                        valueset::merge(group[k..k + same].iter().map(|r| r.2), max_values);
+                    writer.merge(key.0, merged).map_err(engine)?;
+                }
+                k += same;
             }
-            if let Some((_, Some(handle))) = &cf {
-                batch.merge_cf(handle, key.0, operand);
-                moved += 1;
-            }
+            writer.finish().map_err(engine)?;
+            let mut ingest = rocksdb::IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            let done = self
+                .db
+                .ingest_external_file_cf_opts(&cf, &ingest, vec![&path])
+                .map_err(engine);
+            let _ = std::fs::remove_file(&path);
+            done?;
+            moved += group.len() as u64;
         }
+        let mut batch = WriteBatch::default();
         for (seq, _) in entries {
             // Each key is put once: a single delete lets the pair vanish at flush.
             batch.single_delete_cf(&journal, seq.to_be_bytes());
@@ -624,6 +668,10 @@ impl Store for RocksStore {
         self.ledger().stats()
     }
 
+    fn journal_bytes(&self) -> u64 {
+        self.journal_pending.load(Ordering::Relaxed)
+    }
+
     fn apply_journal(&self) -> Result<u64, StoreError> {
         if self.index.has_overflowed() {
             // Exclusive: every batch that journaled values of the overflowed epochs has written
@@ -671,10 +719,7 @@ impl Store for RocksStore {
             ),
             (EngineStat::WalBytes, wal_bytes),
             (EngineStat::IndexBytes, self.index.used_bytes()),
-            (
-                EngineStat::JournalBytes,
-                self.journal_pending.load(Ordering::Relaxed),
-            ),
+            (EngineStat::JournalBytes, self.journal_bytes()),
             (
                 EngineStat::PendingCompactionBytes,
                 self.property_sum("rocksdb.estimate-pending-compaction-bytes"),

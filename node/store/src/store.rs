@@ -127,10 +127,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> Result<(), StoreError>;
 
     /// Moves values a backend holds in a write journal into their partitions; returns how many.
-    /// The node calls it every few milliseconds from a thread of its own (the journal keeps
-    /// inserts to sequential appends; see `RocksStore`). Backends without one do nothing.
+    /// The node calls it about once a second, or sooner when [`Store::journal_bytes`] grows,
+    /// from a thread of its own (the journal keeps inserts to sequential appends; see
+    /// `RocksStore`). Backends without one do nothing.
     fn apply_journal(&self) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    /// Bytes held in the write journal, not yet in their partitions.
+    fn journal_bytes(&self) -> u64 {
+        0
     }
 
     /// Storage-engine figures for metrics, as `(name, value)`; names are stable

@@ -356,12 +356,16 @@ fn journaled_values_survive_a_reopen_without_an_apply() {
         .map(|k| s.get(Epoch(1), &key(k)).unwrap())
         .collect();
     // Closed with everything still in the journal: what a crash after the acknowledgements
-    // leaves (the journal entries are in RocksDB's log).
+    // leaves (the journal entries are in RocksDB's log), and a crash mid-apply leaves a
+    // half-built SST file behind.
     drop(s);
+    let orphan = dir.path().join("ingest/00000000deadbeef.sst");
+    std::fs::write(&orphan, b"half an SST").unwrap();
     // Reopened without the index, every read goes to the partitions: recovery moved the
     // journal there.
     let s = open(0);
     assert_eq!(journal_bytes(&s), 0);
+    assert!(!orphan.exists(), "half-built files are removed at open");
     let reread: Vec<_> = (0..100u8)
         .map(|k| s.get(Epoch(1), &key(k)).unwrap())
         .collect();
