@@ -114,8 +114,8 @@ pub struct RocksStore {
     opts: RocksOptions,
     cf_opts: Options,
     write_opts: WriteOptions,
-    /// Options of the batches that move journal entries into partitions: logged, never synced
-    /// (until they are, the entries they delete are still in the log).
+    /// Options of the batches that delete applied journal entries: logged, never synced (a
+    /// delete lost in a crash only means its entry is applied again, which merges to the same).
     apply_opts: WriteOptions,
     ledger: Mutex<Ledger>,
     /// The partitions that exist. Its lock also serialises creating and dropping them (the slow
@@ -323,9 +323,10 @@ impl RocksStore {
         Ok(moved)
     }
 
-    /// Writes the values of `entries` to their partitions as merges sorted by key, and deletes
-    /// the entries, in one logged batch: a crash leaves each value in the journal or in its
-    /// partition. Values of partitions that are gone (expired) are dropped with their entry.
+    /// Writes the values of `entries` to their partitions — one SST file of merges, sorted by
+    /// key, ingested per partition — and then deletes the entries: a crash leaves each value in
+    /// the journal, in its partition, or both. Values of partitions that are gone (expired) are
+    /// dropped with their entry.
     fn apply_entries(&self, entries: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
         if entries.is_empty() {
             return Ok(0);
