@@ -25,8 +25,9 @@
 //!   index answers for journaled epochs. What reads RocksDB directly applies the journal first:
 //!   opening (before the index is filled) and [`Store::scan_range`]. An epoch whose index
 //!   overflows stops being journaled; it is retired from the index only after the journal no
-//!   longer holds any of its values. If nobody applies the journal, a batch that finds more
-//!   than [`APPLY_INLINE_AT`] bytes pending applies it itself.
+//!   longer holds any of its values. While more than [`RocksOptions::journal_bytes`] wait
+//!   (nobody applies the journal, or applying fails), batches bypass it and write their
+//!   partitions directly, as every write did before the journal: slower, never unbounded.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -54,9 +55,7 @@ const MERGE_NAME: &str = "tarn-valueset-v1";
 const JOURNAL_CF: &str = "journal";
 /// Journal bytes moved into partitions per round of SST files.
 const APPLY_CHUNK: usize = 16 << 20;
-/// Journal bytes pending beyond which a writer applies the journal itself (a backstop: the node
-/// applies it well before).
-const APPLY_INLINE_AT: u64 = 256 << 20;
+
 /// Where SST files for ingestion are built (under the data directory; emptied at open).
 const INGEST_DIR: &str = "ingest";
 
@@ -92,6 +91,10 @@ pub struct RocksOptions {
     pub max_total_wal_bytes: u64,
     /// Memory for the index of live epochs that serves reads (0: every read goes to RocksDB).
     pub index_bytes: u64,
+    /// Journal bytes waiting to be applied beyond which writes bypass the journal (0: no
+    /// journal). The node applies it about once a second, long before; this bounds the memory
+    /// and the replay of a journal nobody applies.
+    pub journal_bytes: u64,
 }
 
 impl Default for RocksOptions {
@@ -103,6 +106,7 @@ impl Default for RocksOptions {
             write_buffer_bytes: 128 << 20,
             max_total_wal_bytes: 256 << 20,
             index_bytes: 256 << 20,
+            journal_bytes: 256 << 20,
         }
     }
 }
@@ -515,7 +519,9 @@ impl Store for RocksStore {
                             }
                         })
                     });
-                    handles.push((it.epoch, h, self.index.journaled(it.epoch)));
+                    let journaled = self.index.journaled(it.epoch)
+                        && self.journal_pending.load(Ordering::Relaxed) < self.opts.journal_bytes;
+                    handles.push((it.epoch, h, journaled));
                     handles.len() - 1
                 }
             };
@@ -577,13 +583,7 @@ impl Store for RocksStore {
         let len = entry.len() as u64;
         // Pushed before the gate is released: an exclusive holder sees every written entry.
         self.journal_entries().push((seq, entry));
-        let pending = self.journal_pending.fetch_add(len, Ordering::Relaxed) + len;
-        if pending > APPLY_INLINE_AT {
-            // Nobody applies the journal (or not fast enough): do it here, once.
-            // A failure loses nothing (the values stay in the journal) and the next apply
-            // retries; this batch is already acknowledged either way.
-            let _ = self.apply_journal_locked();
-        }
+        self.journal_pending.fetch_add(len, Ordering::Relaxed);
         drop(gate);
         results
     }
@@ -681,10 +681,15 @@ impl Store for RocksStore {
 
     fn apply_journal(&self) -> Result<u64, StoreError> {
         if self.index.has_overflowed() {
-            // Exclusive: every batch that journaled values of the overflowed epochs has written
-            // them, and later batches write those epochs directly.
+            // The bulk while writers go on; then, exclusive, the rest: every batch that
+            // journaled values of the overflowed epochs has written them, and later batches
+            // write those epochs directly.
+            let mut moved = {
+                let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
+                self.apply_journal_locked()?
+            };
             let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
-            let moved = self.apply_journal_locked()?;
+            moved += self.apply_journal_locked()?;
             self.index.retire_overflowed();
             return Ok(moved);
         }

@@ -504,3 +504,53 @@ fn journal_applies_race_writes_and_expiry_without_losing_a_live_value() {
     .unwrap();
     assert_eq!(scanned, checked);
 }
+
+#[test]
+fn a_journal_nobody_applies_stays_bounded_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |journal_bytes| {
+        RocksStore::open(
+            dir.path(),
+            RocksOptions {
+                limits: Limits {
+                    max_total_bytes: 0,
+                    ..limits()
+                },
+                journal_bytes,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let s = open(4096);
+    for i in 0..250u8 {
+        s.put(Epoch(6), key(i), 1, &[i; 50]).unwrap();
+        // At most one batch past the bound: then writes go to the partition directly.
+        assert!(journal_bytes(&s) < 4096 + 200, "{}", journal_bytes(&s));
+    }
+    for i in 0..250u8 {
+        assert_eq!(s.get(Epoch(6), &key(i)).unwrap()[0].value, vec![i; 50]);
+    }
+    drop(s);
+    // Journaled and direct values alike are there after a reopen, read from the partitions.
+    let s = RocksStore::open(
+        dir.path(),
+        RocksOptions {
+            index_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..250u8 {
+        assert_eq!(s.get(Epoch(6), &key(i)).unwrap()[0].value, vec![i; 50]);
+    }
+    drop(s);
+    // No journal at all.
+    let s = open(0);
+    s.put(Epoch(6), key(1), 2, b"direct").unwrap();
+    assert_eq!(journal_bytes(&s), 0);
+    assert_eq!(
+        s.get(Epoch(6), &key(1)).unwrap()[0].value,
+        b"direct".to_vec()
+    );
+}
