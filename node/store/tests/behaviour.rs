@@ -35,6 +35,21 @@ fn rocks(index_bytes: u64) -> (Box<dyn Store>, Option<tempfile::TempDir>) {
     (Box::new(rocks), Some(dir))
 }
 
+/// A RocksDB store at `dir` with the test limits but no quota, and `opts` otherwise.
+fn open_rocks(dir: &std::path::Path, opts: RocksOptions) -> RocksStore {
+    RocksStore::open(
+        dir,
+        RocksOptions {
+            limits: Limits {
+                max_total_bytes: 0,
+                ..limits()
+            },
+            ..opts
+        },
+    )
+    .unwrap()
+}
+
 /// The memory store, and RocksDB with its live-epoch index (default budget), without it, and
 /// with a budget so small that epochs overflow it mid-test.
 fn backends() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
@@ -50,18 +65,13 @@ fn backends() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
 fn the_index_is_rebuilt_at_open_and_answers_like_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
     let open = |index_bytes| {
-        RocksStore::open(
+        open_rocks(
             dir.path(),
             RocksOptions {
-                limits: Limits {
-                    max_total_bytes: 0,
-                    ..limits()
-                },
                 index_bytes,
                 ..Default::default()
             },
         )
-        .unwrap()
     };
     let s = open(1 << 20);
     for i in 0..200u64 {
@@ -327,19 +337,14 @@ fn journal_bytes(s: &dyn Store) -> u64 {
 fn journaled_values_survive_a_reopen_without_an_apply() {
     let dir = tempfile::tempdir().unwrap();
     let open = |index_bytes| {
-        RocksStore::open(
+        open_rocks(
             dir.path(),
             RocksOptions {
-                limits: Limits {
-                    max_total_bytes: 0,
-                    ..limits()
-                },
                 wal: WalPolicy::NoSync,
                 index_bytes,
                 ..Default::default()
             },
         )
-        .unwrap()
     };
     let s = open(1 << 20);
     for i in 0..300u64 {
@@ -383,18 +388,13 @@ fn journaled_values_survive_a_reopen_without_an_apply() {
 #[test]
 fn an_overflowing_epoch_is_retired_only_after_the_journal_holds_none_of_it() {
     let dir = tempfile::tempdir().unwrap();
-    let s = RocksStore::open(
+    let s = open_rocks(
         dir.path(),
         RocksOptions {
-            limits: Limits {
-                max_total_bytes: 0,
-                ..limits()
-            },
             index_bytes: 8 << 10,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     // Journaled while the index holds the epoch, then over the budget.
     for i in 0..200u8 {
         s.put(Epoch(3), key(i), 1, &[i; 60]).unwrap();
@@ -423,21 +423,14 @@ fn an_overflowing_epoch_is_retired_only_after_the_journal_holds_none_of_it() {
 #[test]
 fn journal_applies_race_writes_and_expiry_without_losing_a_live_value() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(
-        RocksStore::open(
-            dir.path(),
-            RocksOptions {
-                limits: Limits {
-                    max_total_bytes: 0,
-                    ..limits()
-                },
-                // Small enough that epochs overflow (and are retired) during the run.
-                index_bytes: 256 << 10,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
+    let s = Arc::new(open_rocks(
+        dir.path(),
+        RocksOptions {
+            // Small enough that epochs overflow (and are retired) during the run.
+            index_bytes: 256 << 10,
+            ..Default::default()
+        },
+    ));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let applier = {
         let (s, stop) = (s.clone(), stop.clone());
@@ -509,18 +502,13 @@ fn journal_applies_race_writes_and_expiry_without_losing_a_live_value() {
 fn a_journal_nobody_applies_stays_bounded_and_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let open = |journal_bytes| {
-        RocksStore::open(
+        open_rocks(
             dir.path(),
             RocksOptions {
-                limits: Limits {
-                    max_total_bytes: 0,
-                    ..limits()
-                },
                 journal_bytes,
                 ..Default::default()
             },
         )
-        .unwrap()
     };
     let s = open(4096);
     for i in 0..250u8 {
