@@ -167,14 +167,13 @@ fn request(c: &mut Criterion) {
         // As in the node, a thread of its own moves the journal into the partitions (about
         // once a second), so this measures the request path without that work.
         scope.spawn(|| {
-            let mut last = std::time::Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-                if last.elapsed() >= Duration::from_secs(1) || s.journal_bytes() >= 32 << 20 {
-                    s.apply_journal().unwrap();
-                    last = std::time::Instant::now();
-                }
-            }
+            tarn_node::maintenance::apply_journal_while(
+                &s,
+                || !stop.load(std::sync::atomic::Ordering::Relaxed),
+                |outcome, _| {
+                    outcome.unwrap();
+                },
+            )
         });
         g.bench_function("insert/nosync", |b| {
             b.iter(|| {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tarn_proto::Epoch;
+use tarn_store::Store;
 
 use crate::server::Shared;
 use crate::timesync::system_ns;
@@ -76,35 +77,51 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
-/// How often the store's journal is moved into its partitions at most: each move writes one
-/// SST file per epoch, so fewer, larger moves mean fewer files for RocksDB to compact.
+/// How often [`apply_journal_while`] moves the journal into the partitions at most: each move
+/// writes one SST file per epoch, so fewer, larger moves mean fewer files for RocksDB to compact.
 pub const JOURNAL_EVERY: Duration = Duration::from_secs(1);
 /// Journal bytes that trigger a move before [`JOURNAL_EVERY`] is up (a busy node's journal
 /// stays small: memory, and replay after a crash).
 pub const JOURNAL_AT: u64 = 32 << 20;
 
-/// Applies the store's journal every [`JOURNAL_EVERY`], or as soon as it holds [`JOURNAL_AT`]
-/// bytes, until shutdown, then once more.
-pub fn run_journal(shared: Arc<Shared>) {
-    let apply = || {
+/// Applies `store`'s journal every [`JOURNAL_EVERY`], or as soon as it holds [`JOURNAL_AT`]
+/// bytes, while `running()` holds, then once more; `report` hears each apply's outcome and how
+/// long it took.
+pub fn apply_journal_while(
+    store: &dyn Store,
+    running: impl Fn() -> bool,
+    mut report: impl FnMut(Result<u64, tarn_store::StoreError>, Duration),
+) {
+    let mut apply = || {
         let t = Instant::now();
-        match shared.store.apply_journal() {
-            Ok(0) => {}
-            Ok(_) => shared
-                .metrics
-                .storage_seconds
-                .with_label_values(&["journal_apply"])
-                .observe(t.elapsed().as_secs_f64()),
-            Err(e) => tracing::error!(error = %e, "applying the journal failed; retrying"),
-        }
+        let r = store.apply_journal();
+        report(r, t.elapsed());
     };
     let mut last = Instant::now();
-    while !shared.shutdown.load(Ordering::Relaxed) {
+    while running() {
         std::thread::sleep(Duration::from_millis(50));
-        if last.elapsed() >= JOURNAL_EVERY || shared.store.journal_bytes() >= JOURNAL_AT {
+        if last.elapsed() >= JOURNAL_EVERY || store.journal_bytes() >= JOURNAL_AT {
             apply();
             last = Instant::now();
         }
     }
     apply();
+}
+
+/// Moves the store's journal into its partitions ([`apply_journal_while`]) until shutdown,
+/// then once more.
+pub fn run_journal(shared: Arc<Shared>) {
+    apply_journal_while(
+        &*shared.store,
+        || !shared.shutdown.load(Ordering::Relaxed),
+        |outcome, took| match outcome {
+            Ok(0) => {}
+            Ok(_) => shared
+                .metrics
+                .storage_seconds
+                .with_label_values(&["journal_apply"])
+                .observe(took.as_secs_f64()),
+            Err(e) => tracing::error!(error = %e, "applying the journal failed; retrying"),
+        },
+    );
 }

@@ -121,14 +121,14 @@ impl LiveIndex {
         })
     }
 
-    /// Folds a written operand into the key's set. Returns true when this write marked the
-    /// epoch overflowed (the caller arranges its retirement).
-    pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) -> bool {
+    /// Folds a written operand into the key's set. An epoch this pushes over the budget is
+    /// marked overflowed ([`LiveIndex::has_overflowed`]) for the store to retire.
+    pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) {
         let Some(idx) = self.find(epoch) else {
-            return false;
+            return;
         };
         if !idx.complete.load(Ordering::Acquire) {
-            return false;
+            return;
         }
         // Bytes before and after: an eviction can shrink a set, and the budget follows it.
         let (mut before, mut after) = (0u64, 0u64);
@@ -146,14 +146,13 @@ impl LiveIndex {
                 set
             });
         if after >= before {
-            self.account(epoch, &idx, after - before)
+            self.account(epoch, &idx, after - before);
         } else {
             let freed = before - after;
             sub_saturating(&idx.bytes, freed);
             if !idx.overflowed.load(Ordering::Acquire) {
                 sub_saturating(&self.used, freed);
             }
-            false
         }
     }
 
@@ -314,7 +313,11 @@ mod tests {
         idx.merge(Epoch(8), Key([9; 32]), &op(1, b"small"), 8);
         assert!(idx.journaled(Epoch(7)) && idx.journaled(Epoch(8)));
         let mut k = 0u8;
-        while !idx.merge(Epoch(7), Key([k; 32]), &op(1, &[k; 300]), 8) {
+        loop {
+            idx.merge(Epoch(7), Key([k; 32]), &op(1, &[k; 300]), 8);
+            if idx.has_overflowed() {
+                break;
+            }
             k += 1;
             assert!(k < 40, "the budget is enforced");
         }

@@ -17,8 +17,8 @@
 //!   (column family `journal`, key = a sequence number) holding all its values, in the same
 //!   atomic, logged RocksDB batch as any direct writes: one sequential append instead of one
 //!   random memtable (skiplist) insert per value, which was the largest item of the insert
-//!   profile. [`Store::apply_journal`] (the node calls it about once a second from a thread of
-//!   its own) sorts what accumulated, writes each partition's share as one SST file and ingests
+//!   profile. [`Store::apply_journal`] (the node calls it about once a second from a thread
+//!   of its own) sorts what accumulated, writes each partition's share as one SST file and ingests
 //!   it (no memtable, no second trip through the log, nothing to flush later), then deletes the
 //!   entries. A crash at any point leaves every value in the journal, in its partition, or in
 //!   both (merging twice is harmless: the merge is idempotent). Reads are not affected: the
@@ -545,25 +545,19 @@ impl Store for RocksStore {
         if written.is_empty() {
             return results;
         }
-        let mut seq = None;
-        if !entry.is_empty() {
-            let journal = match self.journal_cf() {
-                Ok(j) => j,
-                Err(e) => {
-                    self.ledger()
-                        .release(items, written.iter().map(|(i, _)| *i));
-                    for (i, _) in written {
-                        results[i] = Err(e.clone());
-                    }
-                    return results;
-                }
-            };
-            let s = self.journal_seq.fetch_add(1, Ordering::Relaxed);
-            batch.put_cf(&journal, s.to_be_bytes(), &entry);
-            seq = Some(s);
+        let seq = (!entry.is_empty()).then(|| self.journal_seq.fetch_add(1, Ordering::Relaxed));
+        let stored = match seq {
+            Some(s) => self
+                .journal_cf()
+                .map(|journal| batch.put_cf(&journal, s.to_be_bytes(), &entry)),
+            None => Ok(()),
         }
-        if let Err(e) = self.db.write_opt(batch, &self.write_opts) {
-            let err = StoreError::engine("put", e);
+        .and_then(|()| {
+            self.db
+                .write_opt(batch, &self.write_opts)
+                .map_err(|e| StoreError::engine("put", e))
+        });
+        if let Err(err) = stored {
             self.ledger()
                 .release(items, written.iter().map(|(i, _)| *i));
             for (i, _) in written {
@@ -577,6 +571,7 @@ impl Store for RocksStore {
             self.index
                 .merge(it.epoch, it.key, &operands[range], max_values);
         }
+        // An epoch this batch pushed over the index budget is retired by the next apply.
         let Some(seq) = seq else {
             return results;
         };

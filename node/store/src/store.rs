@@ -128,8 +128,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Moves values a backend holds in a write journal into their partitions; returns how many.
     /// The node calls it about once a second, or sooner when [`Store::journal_bytes`] grows,
-    /// from a thread of its own (the journal keeps inserts to sequential appends; see
-    /// `RocksStore`). Backends without one do nothing.
+    /// from a thread of its own (`tarn_node::maintenance::apply_journal_while`; the journal
+    /// keeps inserts to sequential appends, see `RocksStore`). Backends without one do nothing.
     fn apply_journal(&self) -> Result<u64, StoreError> {
         Ok(0)
     }
