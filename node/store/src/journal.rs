@@ -6,6 +6,8 @@
 //! An entry is records back to back: `epoch:u64le | key:[u8;32] | len:u32le | operand`, where
 //! the operand is a value-set merge operand ([`crate::valueset::encode_one`]).
 
+use std::cmp::Ordering;
+
 use tarn_proto::{Epoch, Key};
 
 const RECORD_HEADER: usize = 8 + 32 + 4;
@@ -60,9 +62,54 @@ pub(crate) fn records(
     })
 }
 
+/// The order an apply writes records in: by partition, then key, as SST files need them.
+/// Keys are BLAKE3 outputs, so their first eight bytes, compared as one big-endian integer,
+/// settle almost every comparison without a 32-byte `memcmp` (the sort was 3 % of a node's
+/// CPU at 50 x 16); the full key breaks the rare tie. The same order as `(epoch, key)`.
+pub(crate) fn record_order(a: &(Epoch, Key, &[u8]), b: &(Epoch, Key, &[u8])) -> Ordering {
+    fn prefix(k: &Key) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&k.0[..8]);
+        u64::from_be_bytes(first)
+    }
+    a.0.cmp(&b.0)
+        .then_with(|| prefix(&a.1).cmp(&prefix(&b.1)))
+        .then_with(|| a.1.cmp(&b.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_order_is_the_order_of_epoch_then_key() {
+        // Keys that differ only after the prefix, only in the prefix, and not at all.
+        let mut keys = Vec::new();
+        for first in [0u8, 1, 0x80, 0xff] {
+            for last in [0u8, 7, 0xff] {
+                let mut k = [0x55u8; 32];
+                k[0] = first;
+                k[31] = last;
+                keys.push(Key(k));
+            }
+        }
+        let mut records = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            for epoch in [Epoch(2), Epoch(1)] {
+                records.push((epoch, *k, &b"v"[..]));
+                if i % 3 == 0 {
+                    records.push((epoch, *k, &b"w"[..]));
+                }
+            }
+        }
+        records.reverse();
+        let mut by_tuple = records.clone();
+        by_tuple.sort_by_key(|r| (r.0, r.1));
+        let mut by_prefix = records;
+        by_prefix.sort_by(record_order);
+        let project = |v: &[(Epoch, Key, &[u8])]| v.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
+        assert_eq!(project(&by_prefix), project(&by_tuple));
+    }
 
     #[test]
     fn records_round_trip_and_truncation_is_an_error_not_a_panic() {

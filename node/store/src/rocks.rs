@@ -344,7 +344,7 @@ impl RocksStore {
         }
         // Sorted per partition, each partition's values become one SST file, ingested whole:
         // no memtable insert, no second trip through the log, nothing to flush later.
-        records.sort_unstable_by_key(|r| (r.0, r.1));
+        records.sort_unstable_by(journal::record_order);
         let max_values = self.opts.limits.max_values_per_key as usize;
         let mut moved = 0u64;
         let mut at = 0;
