@@ -62,6 +62,12 @@ pub(crate) fn records(
     })
 }
 
+/// The bytes one value takes in an entry: record header, then the operand
+/// ([`crate::valueset::encode_one`]'s header and the value).
+pub(crate) fn record_len(value_len: usize) -> usize {
+    RECORD_HEADER + crate::valueset::ENTRY_HEADER + value_len
+}
+
 /// The order an apply writes records in: by partition, then key, as SST files need them.
 /// Keys are BLAKE3 outputs, so their first eight bytes, compared as one big-endian integer,
 /// settle almost every comparison without a 32-byte `memcmp` (the sort was 3 % of a node's

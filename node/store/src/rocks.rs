@@ -536,6 +536,15 @@ impl Store for RocksStore {
             let at = operands.len();
             valueset::encode_one(it.stamp, it.value, &mut operands);
             if journaled {
+                if entry.is_empty() {
+                    // One allocation for the entry instead of doubling it along the batch.
+                    entry.reserve(
+                        items[i..]
+                            .iter()
+                            .map(|it| journal::record_len(it.value.len()))
+                            .sum(),
+                    );
+                }
                 journal::push(&mut entry, it.epoch, &it.key, &operands[at..]);
             } else {
                 batch.merge_cf(cf, it.key.0, &operands[at..]);

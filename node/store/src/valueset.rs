@@ -12,7 +12,7 @@
 
 use std::cmp::Reverse;
 
-const ENTRY_HEADER: usize = 8 + 32 + 4;
+pub(crate) const ENTRY_HEADER: usize = 8 + 32 + 4;
 
 /// A value with the order the responsible node gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
