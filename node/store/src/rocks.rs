@@ -357,34 +357,7 @@ impl RocksStore {
                 // Expired meanwhile: its values went with it.
                 continue;
             };
-            let seq = self.ingest_seq.fetch_add(1, Ordering::Relaxed);
-            let path = self.path.join(INGEST_DIR).join(format!("{seq:016x}.sst"));
-            let engine = |e| StoreError::engine("apply journal", e);
-            let mut writer = rocksdb::SstFileWriter::create(&self.cf_opts);
-            writer.open(&path).map_err(engine)?;
-            let mut k = 0;
-            while k < group.len() {
-                let key = group[k].1;
-                let same = group[k..].partition_point(|r| r.1 == key);
-                if same == 1 {
-                    writer.merge(key.0, group[k].2).map_err(engine)?;
-                } else {
-                    // One entry per key in a file: the key's operands merged first.
-                    let merged =
-                        valueset::merge(group[k..k + same].iter().map(|r| r.2), max_values);
-                    writer.merge(key.0, merged).map_err(engine)?;
-                }
-                k += same;
-            }
-            writer.finish().map_err(engine)?;
-            let mut ingest = rocksdb::IngestExternalFileOptions::default();
-            ingest.set_move_files(true);
-            let done = self
-                .db
-                .ingest_external_file_cf_opts(&cf, &ingest, vec![&path])
-                .map_err(engine);
-            let _ = std::fs::remove_file(&path);
-            done?;
+            self.ingest_sorted(&cf, group, max_values)?;
             moved += group.len() as u64;
         }
         let mut batch = WriteBatch::default();
@@ -396,6 +369,44 @@ impl RocksStore {
             .write_opt(batch, &self.apply_opts)
             .map_err(|e| StoreError::engine("apply journal", e))?;
         Ok(moved)
+    }
+
+    /// Writes one partition's records (sorted by key) as one SST file of merge operands and
+    /// ingests it. The file is removed whatever happens — moved into the database, or left
+    /// half-built by a failure (a full disk must not fill up further with one file a second).
+    fn ingest_sorted(
+        &self,
+        cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
+        group: &[(Epoch, Key, &[u8])],
+        max_values: usize,
+    ) -> Result<(), StoreError> {
+        let seq = self.ingest_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.path.join(INGEST_DIR).join(format!("{seq:016x}.sst"));
+        let built = (|| {
+            let mut writer = rocksdb::SstFileWriter::create(&self.cf_opts);
+            writer.open(&path)?;
+            let mut k = 0;
+            while k < group.len() {
+                let key = group[k].1;
+                let same = group[k..].partition_point(|r| r.1 == key);
+                if same == 1 {
+                    writer.merge(key.0, group[k].2)?;
+                } else {
+                    // One entry per key in a file: the key's operands merged first.
+                    let merged =
+                        valueset::merge(group[k..k + same].iter().map(|r| r.2), max_values);
+                    writer.merge(key.0, merged)?;
+                }
+                k += same;
+            }
+            writer.finish()?;
+            let mut ingest = rocksdb::IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            self.db
+                .ingest_external_file_cf_opts(cf, &ingest, vec![&path])
+        })();
+        let _ = std::fs::remove_file(&path);
+        built.map_err(|e| StoreError::engine("apply journal", e))
     }
 
     fn recount(&self) -> Result<(), StoreError> {
