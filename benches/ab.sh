@@ -36,7 +36,9 @@ start() { # side binary
 . benches/settle.sh
 start a "$1"; start b "$2"
 echo "A: $1"; echo "B: $2"
-printf '%-10s %12s %12s %7s %12s %12s\n' profile A_ops B_ops B/A A_cpu_us B_cpu_us
+# B/A is the ratio of the medians; pair_B/A is the median of each round's B/A against the A
+# run just before it, which cancels slow drifts of the host's speed (cpu: the same for CPU/op).
+printf '%-10s %12s %12s %7s %12s %12s %10s %10s\n' profile A_ops B_ops B/A A_cpu_us B_cpu_us pair_B/A pair_cpu
 for prof in $PROFILES; do
   cp=${prof%%:*}; pct=${prof##*:}; conns=${cp%%x*}; pipe=${cp##*x}
   : > "$work/rounds"
@@ -56,6 +58,9 @@ import statistics, sys
 rows = [l.split() for l in open(sys.argv[2])]
 med = lambda side, i: statistics.median(float(r[i]) for r in rows if r[0] == side)
 a, b = med("a", 1), med("b", 1)
-print(f"{sys.argv[1]:<10} {a:12.0f} {b:12.0f} {b / a:7.2f} {med('a', 2):12.2f} {med('b', 2):12.2f}")
+pairs = [(rows[i], rows[i + 1]) for i in range(0, len(rows) - 1, 2)]
+pair = lambda i: statistics.median(float(y[i]) / float(x[i]) for x, y in pairs)
+print(f"{sys.argv[1]:<10} {a:12.0f} {b:12.0f} {b / a:7.2f} {med('a', 2):12.2f} {med('b', 2):12.2f}"
+      f" {pair(1):10.2f} {pair(2):10.2f}")
 PY
 done

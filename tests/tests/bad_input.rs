@@ -246,6 +246,66 @@ async fn one_byte_per_second_client_is_cut_off() {
 }
 
 #[tokio::test]
+async fn client_that_never_reads_its_replies_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--config",
+            &write_config(dir.path(), "frame_timeout_ms = 1000\n"),
+        ],
+    );
+    let mut s = connected(&node).await;
+    // Requests without end and not one reply read: the node's replies fill both socket
+    // buffers, its write waits, and the frame deadline must end the connection.
+    let mut burst = Vec::new();
+    for id in 0..4096u64 {
+        frame::encode(id, &Message::TimeSync, &mut burst).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if s.write_all(&burst).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        cut.is_ok(),
+        "a client that never reads must be cut off by the 1 s frame deadline"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_healthy(&node).await;
+}
+
+#[tokio::test]
+async fn idle_client_is_closed_after_the_idle_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--config",
+            &write_config(dir.path(), "idle_timeout_secs = 1\n"),
+        ],
+    );
+    let mut s = connected(&node).await;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "an idle client gets nothing and is closed");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+        "closed after {idle:?}"
+    );
+    assert_healthy(&node).await;
+}
+
+#[tokio::test]
 async fn oversized_value_and_out_of_window_epoch_are_typed_failures() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);

@@ -130,9 +130,14 @@ struct Core {
     wake: LocalSender<()>,
     /// True while the flusher is writing a batch.
     in_flight: Cell<bool>,
-    /// Open connections' fds, so shutdown can unblock their reads. An entry is removed before
-    /// its stream is dropped, so a listed fd is always open.
-    conns: RefCell<HashMap<u64, RawFd>>,
+    /// Open connections as the watcher sees them (deadlines; shutdown unblocks their reads).
+    /// An entry is removed before its stream is dropped, so a listed fd is always open.
+    conns: RefCell<HashMap<u64, Rc<Watch>>>,
+    /// The watcher's last clock reading: connections date their deadlines with it, so the
+    /// request path reads no clock and arms no timer for them.
+    coarse_now: Cell<Instant>,
+    /// Set once the core has drained: the watcher stops.
+    drained: Cell<bool>,
     next_conn: Cell<u64>,
     conn_limit: usize,
     last_stamp: Cell<u64>,
@@ -142,6 +147,65 @@ struct Core {
     peers: Rc<Pool>,
     /// Channel to the ring executor for ring messages that arrive on this core.
     ring_tx: Option<ConnectedSender<RingMessage>>,
+}
+
+/// How often the watcher wakes: a deadline is enforced between its limit and two ticks later.
+const WATCH_TICK: Duration = Duration::from_millis(50);
+
+/// A connection as its core's watcher sees it: its socket and the deadline of what it waits
+/// for (the rest of a frame, the next request, a reply to drain). The watcher cuts the socket
+/// when a deadline passes — one sweep per tick over the core's connections instead of a timer
+/// armed and cancelled around every read and write.
+struct Watch {
+    fd: RawFd,
+    /// `(since, limit, how)`: the wait began at `since` (the core's coarse clock), may last
+    /// `limit`, and is then ended by `shutdown(fd, how)`.
+    deadline: Cell<Option<(Instant, Duration, i32)>>,
+    /// Set when the watcher cut the socket for a passed deadline.
+    expired: Cell<bool>,
+    /// Set when the cut included writes (a read cut still lets the connection say why).
+    cut_writes: Cell<bool>,
+}
+
+impl Watch {
+    fn new(fd: RawFd) -> Watch {
+        Watch {
+            fd,
+            deadline: Cell::new(None),
+            expired: Cell::new(false),
+            cut_writes: Cell::new(false),
+        }
+    }
+
+    /// A wait that began at `since` and may last `limit`; reads are cut with `SHUT_RD` (the
+    /// connection may still answer), writes with `SHUT_RDWR`.
+    fn arm(&self, since: Instant, limit: Duration, how: i32) {
+        self.deadline.set(Some((since, limit, how)));
+    }
+
+    fn disarm(&self) {
+        self.deadline.set(None);
+    }
+
+    /// Cuts the socket if its deadline passed by `now`. `since` is the coarse clock, up to a
+    /// tick behind the real start, so a tick is added to the limit.
+    fn check(&self, now: Instant) {
+        let Some((since, limit, how)) = self.deadline.get() else {
+            return;
+        };
+        let writes = how != libc::SHUT_RD;
+        let done = if writes {
+            self.cut_writes.get()
+        } else {
+            self.expired.get()
+        };
+        if !done && now.saturating_duration_since(since) > limit + WATCH_TICK {
+            self.expired.set(true);
+            self.cut_writes.set(writes);
+            // SAFETY: shutdown(2) on an open fd (entries leave `conns` before their close).
+            unsafe { libc::shutdown(self.fd, how) };
+        }
+    }
 }
 
 /// A write's outcome: copies written, or why it failed.
@@ -767,6 +831,8 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         wake: wake_tx,
         in_flight: Cell::new(false),
         conns: RefCell::new(HashMap::new()),
+        coarse_now: Cell::new(Instant::now()),
+        drained: Cell::new(false),
         next_conn: Cell::new(0),
         last_stamp: Cell::new(0),
         gets: Cell::new(0),
@@ -776,15 +842,26 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
     let watcher = glommio::spawn_local({
         let core = core.clone();
         async move {
-            while !core.shared.shutdown.load(Ordering::Relaxed) {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-            // Unblock accept and every read; connections answer what they have read and end.
-            // SAFETY: shutdown(2) on fds that are open (listed fds are removed before close).
-            unsafe {
-                libc::shutdown(listen_fd, libc::SHUT_RD);
-                for fd in core.conns.borrow().values() {
-                    libc::shutdown(*fd, libc::SHUT_RD);
+            let mut cut_all = false;
+            while !core.drained.get() {
+                glommio::timer::sleep(WATCH_TICK).await;
+                let now = Instant::now();
+                core.coarse_now.set(now);
+                if !cut_all && core.shared.shutdown.load(Ordering::Relaxed) {
+                    cut_all = true;
+                    // Unblock accept and every read; connections answer what they have read
+                    // and end.
+                    // SAFETY: shutdown(2) on fds that are open (listed fds are removed before
+                    // close).
+                    unsafe {
+                        libc::shutdown(listen_fd, libc::SHUT_RD);
+                        for w in core.conns.borrow().values() {
+                            libc::shutdown(w.fd, libc::SHUT_RD);
+                        }
+                    }
+                }
+                for w in core.conns.borrow().values() {
+                    w.check(now);
                 }
             }
         }
@@ -813,14 +890,16 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         // finds its fd.
         let id = core.next_conn.get();
         core.next_conn.set(id + 1);
-        core.conns.borrow_mut().insert(id, stream.as_raw_fd());
-        glommio::spawn_local(serve(core.clone(), stream, id)).detach();
+        let watch = Rc::new(Watch::new(stream.as_raw_fd()));
+        core.conns.borrow_mut().insert(id, watch.clone());
+        glommio::spawn_local(serve(core.clone(), stream, id, watch)).detach();
     }
     // Drain: wait for connections to finish what they have read (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !core.conns.borrow().is_empty() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    core.drained.set(true);
     watcher.await;
     // Every queued or running group commit finishes (and answers) before the core returns, so
     // the final WAL sync in main covers it.
@@ -867,9 +946,9 @@ fn audit_client(shared: &Shared, stream: &TcpStream) {
 #[cfg(not(feature = "peer-audit"))]
 fn audit_client(_: &Shared, _: &TcpStream) {}
 
-async fn serve(core: Rc<Core>, stream: TcpStream, id: u64) {
+async fn serve(core: Rc<Core>, stream: TcpStream, id: u64, watch: Rc<Watch>) {
     core.shared.metrics.connections_open.inc();
-    let mut conn = Conn::new(core.clone(), stream);
+    let mut conn = Conn::new(core.clone(), stream, watch);
     if conn.run().await {
         // The first frame was a node-to-node hello: this is a peer link, not a client.
         let Conn {
@@ -898,8 +977,10 @@ struct Conn {
     wbuf: Vec<u8>,
     decoder: Decoder,
     hello_done: bool,
-    /// When the oldest incomplete frame in `rbuf` began arriving.
+    /// When the oldest incomplete frame in `rbuf` began arriving (the core's coarse clock).
     partial_since: Option<Instant>,
+    /// This connection's deadlines, enforced by the core's watcher.
+    watch: Rc<Watch>,
     /// Inserts read but not yet committed: (request id, arrival, put).
     pending: Vec<(u64, Instant, OwnedPut)>,
     /// Requests routed to other nodes: (request id, arrival, reply).
@@ -926,7 +1007,7 @@ enum End {
 }
 
 impl Conn {
-    fn new(core: Rc<Core>, stream: TcpStream) -> Conn {
+    fn new(core: Rc<Core>, stream: TcpStream, watch: Rc<Watch>) -> Conn {
         let plaintext_ok = match core.shared.cfg.client_plaintext {
             crate::config::PlaintextPolicy::Allow => true,
             crate::config::PlaintextPolicy::Deny => false,
@@ -934,12 +1015,12 @@ impl Conn {
                 stream.peer_addr().is_ok_and(|a| a.ip().is_loopback())
             }
         };
-        let mut conn = Conn::fresh(core, stream);
+        let mut conn = Conn::fresh(core, stream, watch);
         conn.plaintext_ok = plaintext_ok;
         conn
     }
 
-    fn fresh(core: Rc<Core>, stream: TcpStream) -> Conn {
+    fn fresh(core: Rc<Core>, stream: TcpStream, watch: Rc<Watch>) -> Conn {
         Conn {
             core,
             stream,
@@ -950,6 +1031,7 @@ impl Conn {
             decoder: Decoder::new(),
             hello_done: false,
             partial_since: None,
+            watch,
             pending: Vec::new(),
             routed: Vec::new(),
             noise: None,
@@ -985,7 +1067,6 @@ impl Conn {
     async fn run(&mut self) -> bool {
         let cfg = &self.core.shared.cfg;
         let (frame_timeout, idle_timeout) = (cfg.frame_timeout, cfg.idle_timeout);
-        let _ = self.stream.set_write_timeout(Some(frame_timeout));
         loop {
             let end = self.process().await;
             if let End::Peer = end {
@@ -1016,10 +1097,10 @@ impl Conn {
                 self.start = 0;
                 self.end = 0;
                 if self.partial_since.is_none() {
-                    self.partial_since = Some(Instant::now());
+                    self.partial_since = Some(self.core.coarse_now.get());
                 }
             } else if self.partial_since.is_none() {
-                self.partial_since = Some(Instant::now());
+                self.partial_since = Some(self.core.coarse_now.get());
             }
             if self.start > 0 && self.rbuf.len() - self.end < 4096 {
                 self.rbuf.copy_within(self.start..self.end, 0);
@@ -1031,19 +1112,15 @@ impl Conn {
                 let want = (self.rbuf.len() * 2).min(cap.max(self.rbuf.len()));
                 self.rbuf.resize(want, 0);
             }
-            let timeout = match self.partial_since {
-                Some(t) => match frame_timeout.checked_sub(t.elapsed()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => {
-                        self.frame_timed_out().await;
-                        return false;
-                    }
-                },
-                // Before the hello a connection is not yet a client: it gets the frame deadline.
-                None if !self.hello_done => frame_timeout,
-                None => idle_timeout,
+            // The rest of a frame must come within the frame deadline of its start (however it
+            // trickles in); before the hello a connection is not yet a client and gets the
+            // frame deadline too; a client between requests gets the idle deadline.
+            let (since, limit) = match self.partial_since {
+                Some(t) => (t, frame_timeout),
+                None if !self.hello_done => (self.core.coarse_now.get(), frame_timeout),
+                None => (self.core.coarse_now.get(), idle_timeout),
             };
-            let _ = self.stream.set_read_timeout(Some(timeout));
+            self.watch.arm(since, limit, libc::SHUT_RD);
             let read = if self.noise.is_some() {
                 let mut chunk = [0u8; 16 * 1024];
                 match self.stream.read(&mut chunk).await {
@@ -1060,16 +1137,19 @@ impl Conn {
             } else {
                 self.stream.read(&mut self.rbuf[self.end..]).await
             };
+            self.watch.disarm();
+            if self.watch.expired.get() {
+                // Cut by the watcher (data may still have come in after the cut: a client
+                // trickling a frame is not served past its deadline).
+                if self.partial_since.is_some() {
+                    self.frame_timed_out().await;
+                }
+                return false;
+            }
             match read {
                 Ok(0) => return false,
                 Ok(n) if self.noise.is_none() => self.end += n,
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    if self.partial_since.is_some() {
-                        self.frame_timed_out().await;
-                    }
-                    return false;
-                }
                 Err(_) => return false,
             }
         }
@@ -1095,16 +1175,20 @@ impl Conn {
             }
             std::mem::swap(&mut self.wbuf, &mut self.wout);
         }
-        let deadline = self.core.shared.cfg.frame_timeout;
-        let write = glommio::timer::timeout(deadline, async {
-            self.stream
-                .write_all(&self.wbuf)
-                .await
-                .map_err(glommio::GlommioError::from)
-        });
-        let ok = write.await.is_ok();
+        let ok = self.write_wbuf().await;
         self.wbuf.clear();
         ok
+    }
+
+    /// Writes `wbuf` whole within the frame deadline: the watcher cuts a client that does not
+    /// read its replies. False when the write failed or was cut.
+    async fn write_wbuf(&mut self) -> bool {
+        let frame_timeout = self.core.shared.cfg.frame_timeout;
+        self.watch
+            .arm(self.core.coarse_now.get(), frame_timeout, libc::SHUT_RDWR);
+        let ok = self.stream.write_all(&self.wbuf).await.is_ok();
+        self.watch.disarm();
+        ok && !self.watch.expired.get()
     }
 
     /// Decrypts every complete `NOISE_DATA` frame of `cipher_in` onto the end of `rbuf`.
@@ -1146,7 +1230,7 @@ impl Conn {
         self.noise = None;
         self.wbuf.clear();
         let _ = self.reject(0, ErrorCode::HandshakeFailed, "ciphertext failed".into());
-        let _ = self.stream.write_all(&self.wbuf).await;
+        let _ = self.write_wbuf().await;
         let _ = self.stream.close().await;
     }
 
@@ -1234,7 +1318,7 @@ impl Conn {
 
     async fn frame_timed_out(&mut self) {
         let _ = self.reject(0, ErrorCode::Timeout, "frame not completed in time".into());
-        let _ = self.stream.write_all(&self.wbuf).await;
+        let _ = self.write_wbuf().await;
         let _ = self.stream.close().await;
     }
 

@@ -85,12 +85,41 @@ pub(crate) fn write_eventfd(eventfd: RawFd) {
     assert_eq!(ret, 8);
 }
 
+// tarn patch: send and recv as raw system calls. glibc's `send`/`recv` are cancellation
+// points that toggle the thread's async-cancel state around every call; glommio never cancels
+// its threads, and these run once per request on the hot path.
 pub(crate) fn send_syscall(fd: RawFd, buf: *const u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(send(fd, buf as _, len, flags)).map(|x| x as usize)
+    raw_socket_io(libc::SYS_sendto, fd, buf as libc::c_long, len, flags)
 }
 
 pub(crate) fn recv_syscall(fd: RawFd, buf: *mut u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(recv(fd, buf as _, len, flags)).map(|x| x as usize)
+    raw_socket_io(libc::SYS_recvfrom, fd, buf as libc::c_long, len, flags)
+}
+
+fn raw_socket_io(
+    nr: libc::c_long,
+    fd: RawFd,
+    buf: libc::c_long,
+    len: usize,
+    flags: i32,
+) -> io::Result<usize> {
+    // SAFETY: sendto/recvfrom with a caller-provided buffer of `len` bytes and no address.
+    let r = unsafe {
+        libc::syscall(
+            nr,
+            fd as libc::c_long,
+            buf,
+            len as libc::c_long,
+            flags as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
 }
 
 pub(crate) fn accept_syscall(fd: RawFd) -> io::Result<RawFd> {
