@@ -68,14 +68,7 @@ async fn pipelined_requests_are_answered_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let e = epoch_now(3600);
-    let mut s = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
-    let mut out = Vec::new();
-    let hello = Hello {
-        version: 1,
-        network: NetworkId::from_name("tarn-dev"),
-        epoch_len_secs: 3600,
-    };
-    frame::encode(0, &Message::Hello(hello), &mut out).unwrap();
+    let mut out = hello_frame();
     // 200 inserts then 200 retrieves of the same keys, all written before reading anything,
     // with ids in descending order.
     for i in 0..200u64 {
@@ -97,26 +90,7 @@ async fn pipelined_requests_are_answered_by_id() {
         )
         .unwrap();
     }
-    s.write_all(&out).await.unwrap();
-    let mut buf = Vec::new();
-    let mut decoder = Decoder::new();
-    let mut seen = std::collections::HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while seen.len() < 401 {
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-            .await
-            .expect("replies in time")
-            .unwrap();
-        assert!(n > 0, "connection closed after {} replies", seen.len());
-        buf.extend_from_slice(&chunk[..n]);
-        while let Parsed::Frame(f) = frame::parse_frame(&buf, 1 << 20).unwrap() {
-            let (id, len) = (f.header.request_id, f.wire_len());
-            let msg = decoder.decode(&f).unwrap();
-            buf.drain(..len);
-            assert!(seen.insert(id, msg).is_none(), "two replies for id {id}");
-        }
-    }
+    let seen = exchange(&node, &out, 401).await;
     for i in 0..200u64 {
         assert_eq!(
             seen[&(10_000 - i)],
@@ -126,6 +100,78 @@ async fn pipelined_requests_are_answered_by_id() {
         assert_eq!(
             seen[&(20_000 - i)],
             Message::RetrieveReply(RetrieveReply::Found(vec![i.to_le_bytes().to_vec()]))
+        );
+    }
+}
+
+/// The hello every raw-socket test starts with.
+fn hello_frame() -> Vec<u8> {
+    let hello = Hello {
+        version: 1,
+        network: NetworkId::from_name("tarn-dev"),
+        epoch_len_secs: 3600,
+    };
+    frame::encode_to_vec(0, &Message::Hello(hello)).unwrap()
+}
+
+/// Writes `out` (a hello and pipelined requests) at once, then reads until `n` replies came;
+/// replies by request id.
+async fn exchange(node: &Node, out: &[u8], n: usize) -> std::collections::HashMap<u64, Message> {
+    let mut s = tokio::net::TcpStream::connect(&node.addr).await.unwrap();
+    s.write_all(out).await.unwrap();
+    let mut buf = Vec::new();
+    let mut decoder = Decoder::new();
+    let mut seen = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < n {
+        let mut chunk = [0u8; 8192];
+        let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("replies in time")
+            .unwrap();
+        assert!(k > 0, "connection closed after {} replies", seen.len());
+        buf.extend_from_slice(&chunk[..k]);
+        while let Parsed::Frame(f) = frame::parse_frame(&buf, 1 << 20).unwrap() {
+            let (id, len) = (f.header.request_id, f.wire_len());
+            let msg = decoder.decode(&f).unwrap();
+            buf.drain(..len);
+            assert!(seen.insert(id, msg).is_none(), "two replies for id {id}");
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn interleaved_inserts_and_retrieves_read_their_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let e = epoch_now(3600);
+    let mut out = hello_frame();
+    // Insert k, retrieve k, insert k+1, retrieve k+1, ... in one write: every retrieve must
+    // see the insert just before it (reads wait for the burst's group commit).
+    for i in 0..150u64 {
+        let m = Message::Insert(Insert {
+            epoch: e,
+            key: key(500 + i),
+            value: (i * 7).to_le_bytes().to_vec(),
+        });
+        frame::encode(1 + 2 * i, &m, &mut out).unwrap();
+        let r = Message::Retrieve(Retrieve {
+            epoch: e,
+            key: key(500 + i),
+        });
+        frame::encode(2 + 2 * i, &r, &mut out).unwrap();
+    }
+    let seen = exchange(&node, &out, 301).await;
+    for i in 0..150u64 {
+        assert_eq!(
+            seen[&(1 + 2 * i)],
+            Message::InsertReply(InsertReply::Stored { copies: 1 })
+        );
+        assert_eq!(
+            seen[&(2 + 2 * i)],
+            Message::RetrieveReply(RetrieveReply::Found(vec![(i * 7).to_le_bytes().to_vec()])),
+            "retrieve {i} must see its insert"
         );
     }
 }

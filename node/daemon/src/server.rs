@@ -985,6 +985,9 @@ struct Conn {
     pending: Vec<(u64, Instant, OwnedPut)>,
     /// Requests routed to other nodes: (request id, arrival, reply).
     routed: Vec<(u64, Instant, glommio::Task<Message>)>,
+    /// Reads that came after inserts still uncommitted: answered once those are written (with
+    /// the rest of the burst's inserts, in one group commit).
+    deferred: Vec<(u64, Instant, msg::Retrieve)>,
     /// The encrypted channel, once its handshake is done: `rbuf` then holds plaintext
     /// decrypted from `cipher_in`, and `wbuf` is encrypted on the way out.
     noise: Option<Box<snow::TransportState>>,
@@ -1034,6 +1037,7 @@ impl Conn {
             watch,
             pending: Vec::new(),
             routed: Vec::new(),
+            deferred: Vec::new(),
             noise: None,
             cipher_in: Vec::new(),
             wout: Vec::new(),
@@ -1467,68 +1471,15 @@ impl Conn {
                     ));
                 }
             }
-            Message::Retrieve(r) if !self.core.alone() => {
-                // Reads after this connection's inserts see them: commit those first.
-                self.commit_pending().await;
-                let core = self.core.clone();
-                let task = glommio::spawn_local(async move {
-                    let reply = match core.clone().routed_get(r.epoch, r.key).await {
-                        Ok(v) if v.is_empty() => {
-                            core.m.retrieve_not_found.inc();
-                            RetrieveReply::NotFound
-                        }
-                        Ok(v) => {
-                            core.m.retrieve_found.inc();
-                            RetrieveReply::Found(v)
-                        }
-                        Err(cause) => {
-                            core.shared
-                                .metrics
-                                .requests
-                                .with_label_values(&["retrieve", cause_label(&cause)])
-                                .inc();
-                            RetrieveReply::Failed(cause)
-                        }
-                    };
-                    Message::RetrieveReply(reply)
-                });
-                self.routed.push((request_id, arrived, task));
-            }
             Message::Retrieve(r) => {
-                self.commit_pending().await;
-                let store = shared.store.clone();
-                let got = if self.core.time_this_get() {
-                    let t = Instant::now();
-                    let got = store.get(r.epoch, &r.key);
-                    self.core.m.get_seconds.observe(t.elapsed().as_secs_f64());
-                    got
+                // Reads after this connection's inserts see them. Rather than committing here
+                // (one group commit per read in a mixed pipelined burst), the read waits for
+                // the commit at the end of the burst.
+                if self.pending.is_empty() && self.routed.is_empty() {
+                    self.retrieve(request_id, arrived, r);
                 } else {
-                    store.get(r.epoch, &r.key)
-                };
-                let reply = match got {
-                    Ok(v) if v.is_empty() => {
-                        self.core.m.retrieve_not_found.inc();
-                        RetrieveReply::NotFound
-                    }
-                    Ok(v) => {
-                        self.core.m.retrieve_found.inc();
-                        RetrieveReply::Found(v.into_iter().map(|s| s.value).collect())
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "retrieve failed in the store");
-                        shared
-                            .metrics
-                            .requests
-                            .with_label_values(&["retrieve", "internal"])
-                            .inc();
-                        RetrieveReply::Failed(FailCause::Internal)
-                    }
-                };
-                self.reply(request_id, &Message::RetrieveReply(reply));
-                self.core
-                    .m
-                    .retrieve_seconds
-                    .observe(arrived.elapsed().as_secs_f64());
+                    self.deferred.push((request_id, arrived, r));
+                }
             }
             Message::TimeSync => {
                 let now = shared.clock.now();
@@ -1625,32 +1576,107 @@ impl Conn {
     }
 
     /// Commits the inserts read so far as one group and writes their replies.
-    async fn commit_pending(&mut self) {
-        self.commit_local().await;
-        for (request_id, t, task) in std::mem::take(&mut self.routed) {
-            let reply = task.await;
-            if let Message::InsertReply(r) = &reply {
-                match r {
-                    InsertReply::Stored { .. } => self.core.m.insert_ok.inc(),
-                    InsertReply::Failed(cause) => self
-                        .core
-                        .shared
-                        .metrics
-                        .requests
-                        .with_label_values(&["insert", cause_label(cause)])
-                        .inc(),
-                }
-                self.core
-                    .m
-                    .insert_seconds
-                    .observe(t.elapsed().as_secs_f64());
-            } else if let Message::RetrieveReply(_) = &reply {
-                self.core
-                    .m
-                    .retrieve_seconds
-                    .observe(t.elapsed().as_secs_f64());
+    /// Answers a RETRIEVE: from the store when this node is alone, else routed to the
+    /// responsible node (its reply joins `routed`).
+    fn retrieve(&mut self, request_id: u64, arrived: Instant, r: msg::Retrieve) {
+        if !self.core.alone() {
+            let core = self.core.clone();
+            let task = glommio::spawn_local(async move {
+                let reply = match core.clone().routed_get(r.epoch, r.key).await {
+                    Ok(v) if v.is_empty() => {
+                        core.m.retrieve_not_found.inc();
+                        RetrieveReply::NotFound
+                    }
+                    Ok(v) => {
+                        core.m.retrieve_found.inc();
+                        RetrieveReply::Found(v)
+                    }
+                    Err(cause) => {
+                        core.shared
+                            .metrics
+                            .requests
+                            .with_label_values(&["retrieve", cause_label(&cause)])
+                            .inc();
+                        RetrieveReply::Failed(cause)
+                    }
+                };
+                Message::RetrieveReply(reply)
+            });
+            self.routed.push((request_id, arrived, task));
+            return;
+        }
+        let shared = self.core.shared.clone();
+        let store = shared.store.clone();
+        let got = if self.core.time_this_get() {
+            let t = Instant::now();
+            let got = store.get(r.epoch, &r.key);
+            self.core.m.get_seconds.observe(t.elapsed().as_secs_f64());
+            got
+        } else {
+            store.get(r.epoch, &r.key)
+        };
+        let reply = match got {
+            Ok(v) if v.is_empty() => {
+                self.core.m.retrieve_not_found.inc();
+                RetrieveReply::NotFound
             }
-            self.reply(request_id, &reply);
+            Ok(v) => {
+                self.core.m.retrieve_found.inc();
+                RetrieveReply::Found(v.into_iter().map(|s| s.value).collect())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "retrieve failed in the store");
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["retrieve", "internal"])
+                    .inc();
+                RetrieveReply::Failed(FailCause::Internal)
+            }
+        };
+        self.reply(request_id, &Message::RetrieveReply(reply));
+        self.core
+            .m
+            .retrieve_seconds
+            .observe(arrived.elapsed().as_secs_f64());
+    }
+
+    /// Commits this connection's pending inserts, collects its routed replies, then answers
+    /// the reads that waited for them (routed reads join `routed` and are collected in turn).
+    async fn commit_pending(&mut self) {
+        loop {
+            self.commit_local().await;
+            for (request_id, t, task) in std::mem::take(&mut self.routed) {
+                let reply = task.await;
+                if let Message::InsertReply(r) = &reply {
+                    match r {
+                        InsertReply::Stored { .. } => self.core.m.insert_ok.inc(),
+                        InsertReply::Failed(cause) => self
+                            .core
+                            .shared
+                            .metrics
+                            .requests
+                            .with_label_values(&["insert", cause_label(cause)])
+                            .inc(),
+                    }
+                    self.core
+                        .m
+                        .insert_seconds
+                        .observe(t.elapsed().as_secs_f64());
+                } else if let Message::RetrieveReply(_) = &reply {
+                    self.core
+                        .m
+                        .retrieve_seconds
+                        .observe(t.elapsed().as_secs_f64());
+                }
+                self.reply(request_id, &reply);
+            }
+            if self.deferred.is_empty() {
+                return;
+            }
+            for (request_id, arrived, r) in std::mem::take(&mut self.deferred) {
+                self.retrieve(request_id, arrived, r);
+            }
         }
     }
 
