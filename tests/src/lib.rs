@@ -299,6 +299,16 @@ impl Drop for Node {
     }
 }
 
+/// The plaintext hello frame (network "tarn-dev") that raw-socket tests start with.
+pub fn hello_frame() -> Vec<u8> {
+    let hello = tarn_proto::msg::Hello {
+        version: 1,
+        network: tarn_proto::NetworkId::from_name("tarn-dev"),
+        epoch_len_secs: 0,
+    };
+    tarn_proto::frame::encode_to_vec(0, &tarn_proto::Message::Hello(hello)).unwrap()
+}
+
 /// The current epoch for `epoch_secs` by the system clock.
 pub fn epoch_now(epoch_secs: u64) -> tarn_proto::Epoch {
     let secs = std::time::SystemTime::now()

@@ -4,20 +4,11 @@
 use std::time::Duration;
 
 use tarn_proto::frame::{self, Parsed, HEADER_LEN};
-use tarn_proto::msg::{ErrorCode, Hello, Insert, InsertReply, RetrieveReply};
-use tarn_proto::{Decoder, Epoch, FailCause, Message, NetworkId};
-use tarn_tests::{epoch_now, key, Node};
+use tarn_proto::msg::{ErrorCode, Insert, InsertReply, RetrieveReply};
+use tarn_proto::{Decoder, Epoch, FailCause, Message};
+use tarn_tests::{epoch_now, hello_frame, key, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn hello_frame() -> Vec<u8> {
-    let h = Hello {
-        version: 1,
-        network: NetworkId::from_name("tarn-dev"),
-        epoch_len_secs: 0,
-    };
-    frame::encode_to_vec(0, &Message::Hello(h)).unwrap()
-}
 
 /// Reads frames until `n` arrived or the connection closed; returns (id, message) pairs and
 /// whether the peer closed.
@@ -162,13 +153,7 @@ async fn invalid_archive_and_unknown_kind_keep_the_connection() {
 #[tokio::test]
 async fn truncated_frame_times_out_without_stalling_others() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--config",
-            &write_config(dir.path(), "frame_timeout_ms = 1500\n"),
-        ],
-    );
+    let node = start_with(dir.path(), "frame_timeout_ms = 1500\n");
     let mut s = connected(&node).await;
     let full = frame::encode_to_vec(5, &Message::TimeSync).unwrap();
     s.write_all(&full[..10]).await.unwrap(); // a header cut short, then silence
@@ -181,37 +166,16 @@ async fn truncated_frame_times_out_without_stalling_others() {
 #[tokio::test]
 async fn silent_connection_is_closed_before_its_hello() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--config",
-            &write_config(dir.path(), "frame_timeout_ms = 1000\n"),
-        ],
-    );
+    let node = start_with(dir.path(), "frame_timeout_ms = 1000\n");
     let mut s = TcpStream::connect(&node.addr).await.unwrap();
-    let started = std::time::Instant::now();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("closed in time")
-        .unwrap_or(0);
-    assert_eq!(
-        n, 0,
-        "a connection that never says hello gets nothing and is closed"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // A connection that never says hello gets nothing and is closed.
+    assert!(time_to_close(&mut s).await < Duration::from_secs(5));
 }
 
 #[tokio::test]
 async fn one_byte_per_second_client_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--config",
-            &write_config(dir.path(), "frame_timeout_ms = 2500\n"),
-        ],
-    );
+    let node = start_with(dir.path(), "frame_timeout_ms = 2500\n");
     let mut s = connected(&node).await;
     let full = frame::encode_to_vec(5, &Message::TimeSync).unwrap();
     let started = std::time::Instant::now();
@@ -248,13 +212,7 @@ async fn one_byte_per_second_client_is_cut_off() {
 #[tokio::test]
 async fn client_that_never_reads_its_replies_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--config",
-            &write_config(dir.path(), "frame_timeout_ms = 1000\n"),
-        ],
-    );
+    let node = start_with(dir.path(), "frame_timeout_ms = 1000\n");
     let mut s = connected(&node).await;
     // Requests without end and not one reply read: the node's replies fill both socket
     // buffers, its write waits, and the frame deadline must end the connection.
@@ -282,22 +240,9 @@ async fn client_that_never_reads_its_replies_is_cut_off() {
 #[tokio::test]
 async fn idle_client_is_closed_after_the_idle_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--config",
-            &write_config(dir.path(), "idle_timeout_secs = 1\n"),
-        ],
-    );
+    let node = start_with(dir.path(), "idle_timeout_secs = 1\n");
     let mut s = connected(&node).await;
-    let started = std::time::Instant::now();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("closed in time")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "an idle client gets nothing and is closed");
-    let idle = started.elapsed();
+    let idle = time_to_close(&mut s).await;
     assert!(
         idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
         "closed after {idle:?}"
@@ -351,13 +296,7 @@ async fn full_key_evicts_the_oldest_and_keeps_the_newest() {
 #[tokio::test]
 async fn a_thousand_connections_from_one_client() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
-        dir.path(),
-        &[
-            "--config",
-            &write_config(dir.path(), "max_connections = 600\n"),
-        ],
-    );
+    let node = start_with(dir.path(), "max_connections = 600\n");
     // SAFETY: raising this process's own soft fd limit to its hard limit.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
@@ -426,6 +365,23 @@ fn second_node_on_a_used_port_refuses_to_start() {
         }
         tarn_tests::Started::Ready(_) => panic!("two nodes on one port"),
     }
+}
+
+/// A node started with `text` as its configuration file.
+fn start_with(dir: &std::path::Path, text: &str) -> Node {
+    Node::start(dir, &["--config", &write_config(dir, text)])
+}
+
+/// Waits (up to 10 s) for the node to close `s` without sending anything; how long it took.
+async fn time_to_close(s: &mut TcpStream) -> Duration {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the node sent something instead of closing");
+    started.elapsed()
 }
 
 fn write_config(dir: &std::path::Path, text: &str) -> String {

@@ -5,9 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use tarn_proto::frame::{self, Parsed};
-use tarn_proto::msg::{Hello, Insert, InsertReply, Retrieve, RetrieveReply};
+use tarn_proto::msg::{Insert, InsertReply, Retrieve, RetrieveReply};
 use tarn_proto::{Decoder, Epoch, Message, NetworkId};
-use tarn_tests::{bin, epoch_now, key, metric, Node};
+use tarn_tests::{bin, epoch_now, hello_frame, key, metric, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -102,16 +102,6 @@ async fn pipelined_requests_are_answered_by_id() {
             Message::RetrieveReply(RetrieveReply::Found(vec![i.to_le_bytes().to_vec()]))
         );
     }
-}
-
-/// The hello every raw-socket test starts with.
-fn hello_frame() -> Vec<u8> {
-    let hello = Hello {
-        version: 1,
-        network: NetworkId::from_name("tarn-dev"),
-        epoch_len_secs: 3600,
-    };
-    frame::encode_to_vec(0, &Message::Hello(hello)).unwrap()
 }
 
 /// Writes `out` (a hello and pipelined requests) at once, then reads until `n` replies came;
