@@ -133,9 +133,9 @@ struct Core {
     /// Open connections as the watcher sees them (deadlines; shutdown unblocks their reads).
     /// An entry is removed before its stream is dropped, so a listed fd is always open.
     conns: RefCell<HashMap<u64, Rc<Watch>>>,
-    /// The watcher's last clock reading: connections date their deadlines with it, so the
+    /// The watcher's wake-ups so far: connections date their deadlines in these ticks, so the
     /// request path reads no clock and arms no timer for them.
-    coarse_now: Cell<Instant>,
+    tick: Cell<u64>,
     /// Set once the core has drained: the watcher stops.
     drained: Cell<bool>,
     next_conn: Cell<u64>,
@@ -149,7 +149,8 @@ struct Core {
     ring_tx: Option<ConnectedSender<RingMessage>>,
 }
 
-/// How often the watcher wakes: a deadline is enforced between its limit and two ticks later.
+/// How often the watcher wakes. A deadline counts whole ticks, so it is cut between its limit
+/// and two ticks later; a watcher that wakes late (a busy core) only makes deadlines later.
 const WATCH_TICK: Duration = Duration::from_millis(50);
 
 /// A connection as its core's watcher sees it: its socket and the deadline of what it waits
@@ -158,9 +159,9 @@ const WATCH_TICK: Duration = Duration::from_millis(50);
 /// armed and cancelled around every read and write.
 struct Watch {
     fd: RawFd,
-    /// `(since, limit, how)`: the wait began at `since` (the core's coarse clock), may last
-    /// `limit`, and is then ended by `shutdown(fd, how)`.
-    deadline: Cell<Option<(Instant, Duration, i32)>>,
+    /// `(since, ticks, how)`: the wait began during tick `since`, may last `ticks` whole
+    /// ticks after it, and is then ended by `shutdown(fd, how)`.
+    deadline: Cell<Option<(u64, u64, i32)>>,
     /// Set when the watcher cut the socket for a passed deadline.
     expired: Cell<bool>,
     /// Set when the cut included writes (a read cut still lets the connection say why).
@@ -177,20 +178,23 @@ impl Watch {
         }
     }
 
-    /// A wait that began at `since` and may last `limit`; reads are cut with `SHUT_RD` (the
-    /// connection may still answer), writes with `SHUT_RDWR`.
-    fn arm(&self, since: Instant, limit: Duration, how: i32) {
-        self.deadline.set(Some((since, limit, how)));
+    /// A wait that began during tick `since` and may last `limit`; reads are cut with
+    /// `SHUT_RD` (the connection may still answer), writes with `SHUT_RDWR`.
+    fn arm(&self, since: u64, limit: Duration, how: i32) {
+        let ticks = limit.as_nanos().div_ceil(WATCH_TICK.as_nanos());
+        self.deadline
+            .set(Some((since, u64::try_from(ticks).unwrap_or(u64::MAX), how)));
     }
 
     fn disarm(&self) {
         self.deadline.set(None);
     }
 
-    /// Cuts the socket if its deadline passed by `now`. `since` is the coarse clock, up to a
-    /// tick behind the real start, so a tick is added to the limit.
-    fn check(&self, now: Instant) {
-        let Some((since, limit, how)) = self.deadline.get() else {
+    /// Cuts the socket if its deadline passed by tick `now`: the wait began before tick
+    /// `since + 1`, and every tick is at least [`WATCH_TICK`] after the one before, so more than
+    /// `ticks` ticks after that one the limit has passed.
+    fn check(&self, now: u64) {
+        let Some((since, ticks, how)) = self.deadline.get() else {
             return;
         };
         let writes = how != libc::SHUT_RD;
@@ -199,7 +203,7 @@ impl Watch {
         } else {
             self.expired.get()
         };
-        if !done && now.saturating_duration_since(since) > limit + WATCH_TICK {
+        if !done && now.saturating_sub(since) > ticks {
             self.expired.set(true);
             self.cut_writes.set(writes);
             // SAFETY: shutdown(2) on an open fd (entries leave `conns` before their close).
@@ -831,7 +835,7 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         wake: wake_tx,
         in_flight: Cell::new(false),
         conns: RefCell::new(HashMap::new()),
-        coarse_now: Cell::new(Instant::now()),
+        tick: Cell::new(0),
         drained: Cell::new(false),
         next_conn: Cell::new(0),
         last_stamp: Cell::new(0),
@@ -845,8 +849,8 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
             let mut cut_all = false;
             while !core.drained.get() {
                 glommio::timer::sleep(WATCH_TICK).await;
-                let now = Instant::now();
-                core.coarse_now.set(now);
+                let now = core.tick.get() + 1;
+                core.tick.set(now);
                 if !cut_all && core.shared.shutdown.load(Ordering::Relaxed) {
                     cut_all = true;
                     // Unblock accept and every read; connections answer what they have read
@@ -977,8 +981,8 @@ struct Conn {
     wbuf: Vec<u8>,
     decoder: Decoder,
     hello_done: bool,
-    /// When the oldest incomplete frame in `rbuf` began arriving (the core's coarse clock).
-    partial_since: Option<Instant>,
+    /// When the oldest incomplete frame in `rbuf` began arriving (the watcher's tick).
+    partial_since: Option<u64>,
     /// This connection's deadlines, enforced by the core's watcher.
     watch: Rc<Watch>,
     /// Inserts read but not yet committed: (request id, arrival, put).
@@ -1101,10 +1105,10 @@ impl Conn {
                 self.start = 0;
                 self.end = 0;
                 if self.partial_since.is_none() {
-                    self.partial_since = Some(self.core.coarse_now.get());
+                    self.partial_since = Some(self.core.tick.get());
                 }
             } else if self.partial_since.is_none() {
-                self.partial_since = Some(self.core.coarse_now.get());
+                self.partial_since = Some(self.core.tick.get());
             }
             if self.start > 0 && self.rbuf.len() - self.end < 4096 {
                 self.rbuf.copy_within(self.start..self.end, 0);
@@ -1121,8 +1125,8 @@ impl Conn {
             // frame deadline too; a client between requests gets the idle deadline.
             let (since, limit) = match self.partial_since {
                 Some(t) => (t, frame_timeout),
-                None if !self.hello_done => (self.core.coarse_now.get(), frame_timeout),
-                None => (self.core.coarse_now.get(), idle_timeout),
+                None if !self.hello_done => (self.core.tick.get(), frame_timeout),
+                None => (self.core.tick.get(), idle_timeout),
             };
             self.watch.arm(since, limit, libc::SHUT_RD);
             let read = if self.noise.is_some() {
@@ -1189,7 +1193,7 @@ impl Conn {
     async fn write_wbuf(&mut self) -> bool {
         let frame_timeout = self.core.shared.cfg.frame_timeout;
         self.watch
-            .arm(self.core.coarse_now.get(), frame_timeout, libc::SHUT_RDWR);
+            .arm(self.core.tick.get(), frame_timeout, libc::SHUT_RDWR);
         let ok = self.stream.write_all(&self.wbuf).await.is_ok();
         self.watch.disarm();
         ok && !self.watch.expired.get()
@@ -1322,7 +1326,8 @@ impl Conn {
 
     async fn frame_timed_out(&mut self) {
         let _ = self.reject(0, ErrorCode::Timeout, "frame not completed in time".into());
-        let _ = self.write_wbuf().await;
+        // Through the encrypted channel when there is one (the client reads nothing else).
+        let _ = self.flush_out().await;
         let _ = self.stream.close().await;
     }
 
@@ -1575,7 +1580,6 @@ impl Conn {
         End::Continue
     }
 
-    /// Commits the inserts read so far as one group and writes their replies.
     /// Answers a RETRIEVE: from the store when this node is alone, else routed to the
     /// responsible node (its reply joins `routed`).
     fn retrieve(&mut self, request_id: u64, arrived: Instant, r: msg::Retrieve) {
@@ -1680,7 +1684,8 @@ impl Conn {
         }
     }
 
-    /// Commits the inserts this node is responsible for as one group (replicated).
+    /// Commits the inserts read so far that this node is responsible for, as one group
+    /// (replicated), and writes their replies.
     async fn commit_local(&mut self) {
         if self.pending.is_empty() {
             return;
