@@ -138,6 +138,9 @@ struct Core {
     tick: Cell<u64>,
     /// Set once the core has drained: the watcher stops.
     drained: Cell<bool>,
+    /// `frame_timeout` and `idle_timeout` in watcher ticks ([`ticks`]), worked out once.
+    frame_ticks: u64,
+    idle_ticks: u64,
     next_conn: Cell<u64>,
     conn_limit: usize,
     last_stamp: Cell<u64>,
@@ -178,12 +181,10 @@ impl Watch {
         }
     }
 
-    /// A wait that began during tick `since` and may last `limit`; reads are cut with
-    /// `SHUT_RD` (the connection may still answer), writes with `SHUT_RDWR`.
-    fn arm(&self, since: u64, limit: Duration, how: i32) {
-        let ticks = limit.as_nanos().div_ceil(WATCH_TICK.as_nanos());
-        self.deadline
-            .set(Some((since, u64::try_from(ticks).unwrap_or(u64::MAX), how)));
+    /// A wait that began during tick `since` and may last `ticks` ticks ([`ticks`]); reads are
+    /// cut with `SHUT_RD` (the connection may still answer), writes with `SHUT_RDWR`.
+    fn arm(&self, since: u64, ticks: u64, how: i32) {
+        self.deadline.set(Some((since, ticks, how)));
     }
 
     fn disarm(&self) {
@@ -210,6 +211,11 @@ impl Watch {
             unsafe { libc::shutdown(self.fd, how) };
         }
     }
+}
+
+/// `limit` in whole watcher ticks, rounded up.
+fn ticks(limit: Duration) -> u64 {
+    u64::try_from(limit.as_nanos().div_ceil(WATCH_TICK.as_nanos())).unwrap_or(u64::MAX)
 }
 
 /// A write's outcome: copies written, or why it failed.
@@ -825,6 +831,10 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         Duration::from_millis(500),
         crate::cluster::link_hook(shared.clone()),
     ));
+    let (frame_ticks, idle_ticks) = (
+        ticks(shared.cfg.frame_timeout),
+        ticks(shared.cfg.idle_timeout),
+    );
     let core = Rc::new(Core {
         peers,
         ring_tx,
@@ -837,6 +847,8 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         conns: RefCell::new(HashMap::new()),
         tick: Cell::new(0),
         drained: Cell::new(false),
+        frame_ticks,
+        idle_ticks,
         next_conn: Cell::new(0),
         last_stamp: Cell::new(0),
         gets: Cell::new(0),
@@ -1073,8 +1085,7 @@ impl Conn {
     /// Serves the connection; true when it turned out to be a node-to-node link (its first
     /// frame is left unread in the buffer).
     async fn run(&mut self) -> bool {
-        let cfg = &self.core.shared.cfg;
-        let (frame_timeout, idle_timeout) = (cfg.frame_timeout, cfg.idle_timeout);
+        let (frame_ticks, idle_ticks) = (self.core.frame_ticks, self.core.idle_ticks);
         loop {
             let end = self.process().await;
             if let End::Peer = end {
@@ -1124,9 +1135,9 @@ impl Conn {
             // trickles in); before the hello a connection is not yet a client and gets the
             // frame deadline too; a client between requests gets the idle deadline.
             let (since, limit) = match self.partial_since {
-                Some(t) => (t, frame_timeout),
-                None if !self.hello_done => (self.core.tick.get(), frame_timeout),
-                None => (self.core.tick.get(), idle_timeout),
+                Some(t) => (t, frame_ticks),
+                None if !self.hello_done => (self.core.tick.get(), frame_ticks),
+                None => (self.core.tick.get(), idle_ticks),
             };
             self.watch.arm(since, limit, libc::SHUT_RD);
             let read = if self.noise.is_some() {
@@ -1191,9 +1202,8 @@ impl Conn {
     /// Writes `wbuf` whole within the frame deadline: the watcher cuts a client that does not
     /// read its replies. False when the write failed or was cut.
     async fn write_wbuf(&mut self) -> bool {
-        let frame_timeout = self.core.shared.cfg.frame_timeout;
         self.watch
-            .arm(self.core.tick.get(), frame_timeout, libc::SHUT_RDWR);
+            .arm(self.core.tick.get(), self.core.frame_ticks, libc::SHUT_RDWR);
         let ok = self.stream.write_all(&self.wbuf).await.is_ok();
         self.watch.disarm();
         ok && !self.watch.expired.get()
@@ -1583,8 +1593,8 @@ impl Conn {
     /// Answers a RETRIEVE: from the store when this node is alone, else routed to the
     /// responsible node (its reply joins `routed`).
     fn retrieve(&mut self, request_id: u64, arrived: Instant, r: msg::Retrieve) {
-        if !self.core.alone() {
-            let core = self.core.clone();
+        let core = self.core.clone();
+        if !core.alone() {
             let task = glommio::spawn_local(async move {
                 let reply = match core.clone().routed_get(r.epoch, r.key).await {
                     Ok(v) if v.is_empty() => {
@@ -1609,28 +1619,26 @@ impl Conn {
             self.routed.push((request_id, arrived, task));
             return;
         }
-        let shared = self.core.shared.clone();
-        let store = shared.store.clone();
-        let got = if self.core.time_this_get() {
+        let got = if core.time_this_get() {
             let t = Instant::now();
-            let got = store.get(r.epoch, &r.key);
-            self.core.m.get_seconds.observe(t.elapsed().as_secs_f64());
+            let got = core.shared.store.get(r.epoch, &r.key);
+            core.m.get_seconds.observe(t.elapsed().as_secs_f64());
             got
         } else {
-            store.get(r.epoch, &r.key)
+            core.shared.store.get(r.epoch, &r.key)
         };
         let reply = match got {
             Ok(v) if v.is_empty() => {
-                self.core.m.retrieve_not_found.inc();
+                core.m.retrieve_not_found.inc();
                 RetrieveReply::NotFound
             }
             Ok(v) => {
-                self.core.m.retrieve_found.inc();
+                core.m.retrieve_found.inc();
                 RetrieveReply::Found(v.into_iter().map(|s| s.value).collect())
             }
             Err(e) => {
                 tracing::error!(error = %e, "retrieve failed in the store");
-                shared
+                core.shared
                     .metrics
                     .requests
                     .with_label_values(&["retrieve", "internal"])
@@ -1639,8 +1647,7 @@ impl Conn {
             }
         };
         self.reply(request_id, &Message::RetrieveReply(reply));
-        self.core
-            .m
+        core.m
             .retrieve_seconds
             .observe(arrived.elapsed().as_secs_f64());
     }
