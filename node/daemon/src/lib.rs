@@ -8,6 +8,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod peer;
 pub mod server;
+pub mod sock;
 pub mod timesync;
 
 /// File in the data directory holding the running tarnd's PID (for `tarnctl drain`).

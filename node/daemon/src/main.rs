@@ -262,10 +262,12 @@ fn run(cfg: Config, cli: &Cli, log: LogHandle) -> anyhow::Result<()> {
     let mut cores = Vec::new();
     for (i, (cpu_id, listener)) in plan.iter().zip(listeners).enumerate() {
         let s = shared.clone();
+        let poller = tarn_node::sock::Poller::new()
+            .map_err(|e| anyhow::anyhow!("creating the epoll set of core {i}: {e}"))?;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu_id))
             .name(&format!("tarn-core-{i}"))
             .io_memory(2 << 20)
-            .spawn(move || server::run_core(s, listener, i))
+            .spawn(move || server::run_core(s, listener, poller, i))
             .map_err(|e| anyhow::anyhow!("starting executor {i} on CPU {cpu_id}: {e}"))?;
         cores.push(handle);
     }

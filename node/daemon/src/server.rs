@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream as PeerStream;
+use std::net::TcpStream;
 use tarn_proto::frame::{self, Parsed, HEADER_LEN};
 use tarn_proto::msg::{self, ErrorCode, FailCause, InsertReply, RetrieveReply};
 use tarn_proto::{Decoder, Epoch, Id, Key, Message, NetworkId};
@@ -133,6 +134,8 @@ struct Core {
     /// Open connections as the watcher sees them (deadlines; shutdown unblocks their reads).
     /// An entry is removed before its stream is dropped, so a listed fd is always open.
     conns: RefCell<HashMap<u64, Rc<Watch>>>,
+    /// The epoll set of this core's client sockets (tokens are `conns` keys).
+    poller: crate::sock::Poller,
     /// The watcher's wake-ups so far: connections date their deadlines in these ticks, so the
     /// request path reads no clock and arms no timer for them.
     tick: Cell<u64>,
@@ -169,6 +172,8 @@ struct Watch {
     expired: Cell<bool>,
     /// Set when the cut included writes (a read cut still lets the connection say why).
     cut_writes: Cell<bool>,
+    /// The socket's readiness, as the core's poller saw it.
+    ready: crate::sock::Ready,
 }
 
 impl Watch {
@@ -178,6 +183,7 @@ impl Watch {
             deadline: Cell::new(None),
             expired: Cell::new(false),
             cut_writes: Cell::new(false),
+            ready: crate::sock::Ready::default(),
         }
     }
 
@@ -602,7 +608,7 @@ impl Core {
 
 /// Serves an inbound node-to-node link on this core: handshake, then ring messages go to the
 /// ring executor and data requests are answered here, concurrently.
-async fn serve_peer(core: Rc<Core>, mut stream: TcpStream, pending: Vec<u8>) {
+async fn serve_peer(core: Rc<Core>, mut stream: PeerStream, pending: Vec<u8>) {
     let shared = core.shared.clone();
     let ident = shared.cluster.ident.clone();
     let timeout = shared.cfg.frame_timeout;
@@ -768,12 +774,13 @@ pub fn bind_listeners(
             s.set_nodelay(true)?;
             s.bind(&resolved.into())?;
             s.listen(1024)?;
+            // Accepted with non-blocking `accept4` (`accept`) when the ring says it is ready.
+            s.set_nonblocking(true)?;
             Ok(s.into())
         })
         .collect()
 }
 
-/// Runs one core until shutdown: accept, serve, drain.
 /// Beats every [`HEARTBEAT`]; how late each beat comes is the executor's stall.
 async fn heartbeat(shared: Arc<Shared>, index: usize) {
     let stall = shared
@@ -794,12 +801,14 @@ async fn heartbeat(shared: Arc<Shared>, index: usize) {
 }
 
 /// Runs core `index` until shutdown: accept, serve, drain.
-pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, index: usize) {
-    use std::os::fd::IntoRawFd;
+/// Runs one core until shutdown: accept, serve, drain.
+pub async fn run_core(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    poller: crate::sock::Poller,
+    index: usize,
+) {
     let listen_fd = listener.as_raw_fd();
-    // SAFETY: the fd comes from a bound, listening socket we own and hand over here.
-    let listener =
-        unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener.into_raw_fd()) };
     let metrics = &shared.metrics;
     let m = CoreMetrics {
         insert_ok: metrics.requests.with_label_values(&["insert", "ok"]),
@@ -845,6 +854,7 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         wake: wake_tx,
         in_flight: Cell::new(false),
         conns: RefCell::new(HashMap::new()),
+        poller,
         tick: Cell::new(0),
         drained: Cell::new(false),
         frame_ticks,
@@ -854,6 +864,26 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         gets: Cell::new(0),
     });
     let flusher_task = glommio::spawn_local(flusher(core.clone(), wake_rx));
+    let poller_task = glommio::spawn_local({
+        let core = core.clone();
+        async move {
+            let mut events = Vec::new();
+            loop {
+                let woke = core
+                    .poller
+                    .next(&mut events, |id, events| {
+                        if let Some(w) = core.conns.borrow().get(&id) {
+                            w.ready.event(events);
+                        }
+                    })
+                    .await;
+                if let Err(e) = woke {
+                    tracing::error!(error = %e, "waiting for client sockets failed");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
     glommio::spawn_local(heartbeat(core.shared.clone(), index)).detach();
     let watcher = glommio::spawn_local({
         let core = core.clone();
@@ -884,7 +914,7 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
     });
 
     loop {
-        let accepted = listener.accept().await;
+        let accepted = accept(&listener).await;
         if core.shared.shutdown.load(Ordering::Relaxed) {
             break;
         }
@@ -899,13 +929,17 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         core.shared.metrics.connections_total.inc();
         if core.conns.borrow().len() >= core.conn_limit {
             core.shared.metrics.connections_refused.inc();
-            glommio::spawn_local(refuse(stream)).detach();
+            refuse(stream);
             continue;
         }
         // Registered here, before the task first runs, so a shutdown that starts now still
         // finds its fd.
         let id = core.next_conn.get();
         core.next_conn.set(id + 1);
+        if let Err(e) = core.poller.add(&stream, id) {
+            tracing::warn!(error = %e, "registering a connection failed");
+            continue;
+        }
         let watch = Rc::new(Watch::new(stream.as_raw_fd()));
         core.conns.borrow_mut().insert(id, watch.clone());
         glommio::spawn_local(serve(core.clone(), stream, id, watch)).detach();
@@ -924,10 +958,27 @@ pub async fn run_core(shared: Arc<Shared>, listener: std::net::TcpListener, inde
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     drop(flusher_task);
+    drop(poller_task);
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+/// Accepts the next client: a non-blocking socket.
+async fn accept(listener: &std::net::TcpListener) -> std::io::Result<TcpStream> {
+    use rustix::net::SocketFlags;
+    loop {
+        match rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+            Ok(fd) => return Ok(TcpStream::from(fd)),
+            Err(rustix::io::Errno::AGAIN) => {
+                glommio::net::wait_readable(listener.as_raw_fd()).await?
+            }
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Tells a client over the connection limit why, and closes. The frame is small and the
+/// socket new, so one non-blocking send takes it whole or the client never learns why.
+fn refuse(stream: TcpStream) {
     let mut out = Vec::new();
     if frame::encode(
         0,
@@ -936,9 +987,10 @@ async fn refuse(mut stream: TcpStream) {
     )
     .is_ok()
     {
-        let _ = stream.write_all(&out).await;
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        let _ = rustix::net::send(&stream, &out, flags);
     }
-    let _ = stream.close().await;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// Test builds (feature `peer-audit`): appends a client's IP address to `peer_audit_file`,
@@ -974,6 +1026,13 @@ async fn serve(core: Rc<Core>, stream: TcpStream, id: u64, watch: Rc<Watch>) {
             end,
             ..
         } = conn;
+        // glommio waits for peer links its own way: out of the epoll set, into a glommio stream.
+        let _ = core.poller.remove(&stream);
+        let stream = {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            // SAFETY: the fd is an open, connected TCP socket this function owns and hands over.
+            unsafe { PeerStream::from_raw_fd(stream.into_raw_fd()) }
+        };
         serve_peer(core.clone(), stream, rbuf[start..end].to_vec()).await;
         core.conns.borrow_mut().remove(&id);
         core.shared.metrics.connections_open.dec();
@@ -1104,7 +1163,7 @@ impl Conn {
                 self.end = 0;
             }
             if let End::Close = end {
-                let _ = self.stream.close().await;
+                let _ = self.stream.shutdown(std::net::Shutdown::Write);
                 return false;
             }
             // Make room: compact, then grow up to what the pending frame needs.
@@ -1142,7 +1201,7 @@ impl Conn {
             self.watch.arm(since, limit, libc::SHUT_RD);
             let read = if self.noise.is_some() {
                 let mut chunk = [0u8; 16 * 1024];
-                match self.stream.read(&mut chunk).await {
+                match self.watch.ready.read(&self.stream, &mut chunk).await {
                     Ok(n) if n > 0 => {
                         self.cipher_in.extend_from_slice(&chunk[..n]);
                         if !self.decrypt_pending() {
@@ -1154,7 +1213,10 @@ impl Conn {
                     other => other,
                 }
             } else {
-                self.stream.read(&mut self.rbuf[self.end..]).await
+                self.watch
+                    .ready
+                    .read(&self.stream, &mut self.rbuf[self.end..])
+                    .await
             };
             self.watch.disarm();
             if self.watch.expired.get() {
@@ -1204,7 +1266,12 @@ impl Conn {
     async fn write_wbuf(&mut self) -> bool {
         self.watch
             .arm(self.core.tick.get(), self.core.frame_ticks, libc::SHUT_RDWR);
-        let ok = self.stream.write_all(&self.wbuf).await.is_ok();
+        let ok = self
+            .watch
+            .ready
+            .write_all(&self.stream, &self.wbuf)
+            .await
+            .is_ok();
         self.watch.disarm();
         ok && !self.watch.expired.get()
     }
@@ -1249,7 +1316,7 @@ impl Conn {
         self.wbuf.clear();
         let _ = self.reject(0, ErrorCode::HandshakeFailed, "ciphertext failed".into());
         let _ = self.write_wbuf().await;
-        let _ = self.stream.close().await;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Noise NK, responder side: message 1 carries the client's hello, message 2 the ack.
@@ -1338,7 +1405,7 @@ impl Conn {
         let _ = self.reject(0, ErrorCode::Timeout, "frame not completed in time".into());
         // Through the encrypted channel when there is one (the client reads nothing else).
         let _ = self.flush_out().await;
-        let _ = self.stream.close().await;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Answers every complete frame in the buffer.

@@ -117,3 +117,15 @@ pub use self::{
     udp_socket::UdpSocket,
     unix::{AcceptedUnixStream, UnixDatagram, UnixListener, UnixStream},
 };
+
+/// tarn patch: waits until `fd` is readable, has an error or hung up, through one one-shot
+/// poll in the executor's ring. For descriptors glommio does not own: tarnd reads its client
+/// sockets' readiness from an epoll set and waits on that set here. Dropping the future
+/// cancels the poll.
+///
+/// # Panics
+/// Outside a glommio executor.
+pub async fn wait_readable(fd: RawFd) -> io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}

@@ -1,0 +1,185 @@
+//! Client sockets, waited for through one epoll set per core.
+//!
+//! glommio waits for a socket with a one-shot io_uring poll: armed again for every read,
+//! completed by task work on the core's thread, and turned into a task wake — about a
+//! microsecond per request at 50 connections × pipeline 1, where redis-server pays for one
+//! `epoll_wait` per loop turn over all its clients (BENCHMARKS.md, "Sixth round"). Here every
+//! client socket is registered once, edge-triggered, in its core's epoll set ([`Poller`]); the
+//! core's poller task waits for the set itself through glommio (one poll per batch of ready
+//! sockets), reads the batch with one `epoll_wait`, and wakes the connections it names through
+//! their [`Ready`]. Reads and writes are plain non-blocking `recv`/`send`.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::task::{Poll, Waker};
+
+use rustix::buffer::spare_capacity;
+use rustix::event::{epoll, Timespec};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
+
+/// Events read from the set per `epoll_wait` (more stay queued for the next one).
+const BATCH: usize = 256;
+
+/// One core's epoll set of client sockets.
+#[derive(Debug)]
+pub struct Poller {
+    set: OwnedFd,
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
+        Ok(Poller {
+            set: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+        })
+    }
+
+    /// Registers `sock` (non-blocking) under `token`, for as long as it is open or until
+    /// [`Poller::remove`].
+    pub fn add(&self, sock: &TcpStream, token: u64) -> io::Result<()> {
+        use epoll::EventFlags as F;
+        epoll::add(
+            &self.set,
+            sock,
+            epoll::EventData::new_u64(token),
+            F::IN | F::OUT | F::RDHUP | F::ET,
+        )?;
+        Ok(())
+    }
+
+    /// Takes `sock` out of the set (it is handed to glommio, which waits for it its own way).
+    pub fn remove(&self, sock: &TcpStream) -> io::Result<()> {
+        epoll::delete(&self.set, sock)?;
+        Ok(())
+    }
+
+    /// Waits until sockets in the set are ready, then passes each one's token and events to
+    /// `seen` (at most 256; the rest are seen on the next call). `events` is scratch
+    /// space the caller keeps between calls.
+    pub async fn next(
+        &self,
+        events: &mut Vec<epoll::Event>,
+        mut seen: impl FnMut(u64, epoll::EventFlags),
+    ) -> io::Result<()> {
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            glommio::net::wait_readable(self.set.as_raw_fd()).await?;
+            events.clear();
+            events.reserve(BATCH);
+            match epoll::wait(&self.set, spare_capacity(events), Some(&zero)) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {
+                    for e in events.iter() {
+                        seen(e.data.u64(), e.flags);
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// What the poller last saw of one socket, and the task waiting for it. A flag is cleared
+/// only when the socket said it would block (or a read came back short: edge-triggered, the
+/// next arrival is a new event), so no event is lost between a read and the wait after it.
+pub struct Ready {
+    readable: Cell<bool>,
+    writable: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("readable", &self.readable.get())
+            .field("writable", &self.writable.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Ready {
+    fn default() -> Ready {
+        Ready {
+            readable: Cell::new(true),
+            writable: Cell::new(true),
+            waker: Cell::new(None),
+        }
+    }
+}
+
+impl Ready {
+    /// Records an event from the set and wakes the task waiting on the socket, if any.
+    pub fn event(&self, flags: epoll::EventFlags) {
+        use epoll::EventFlags as F;
+        if flags.intersects(F::IN | F::RDHUP | F::HUP | F::ERR) {
+            self.readable.set(true);
+        }
+        if flags.intersects(F::OUT | F::HUP | F::ERR) {
+            self.writable.set(true);
+        }
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn wait<'a>(&'a self, flag: &'a Cell<bool>) -> impl Future<Output = ()> + 'a {
+        poll_fn(move |cx| {
+            if flag.get() {
+                return Poll::Ready(());
+            }
+            let waker = match self.waker.take() {
+                Some(w) if w.will_wake(cx.waker()) => w,
+                _ => cx.waker().clone(),
+            };
+            self.waker.set(Some(waker));
+            Poll::Pending
+        })
+    }
+
+    /// Reads what `sock` has, up to `buf.len()`, waiting until it has something; `Ok(0)` at
+    /// the end of the stream.
+    pub async fn read(&self, sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.readable.get() {
+                match rustix::net::recv(sock, &mut *buf, RecvFlags::DONTWAIT) {
+                    Ok((n, _)) => {
+                        if n > 0 && n < buf.len() {
+                            self.readable.set(false);
+                        }
+                        return Ok(n);
+                    }
+                    Err(Errno::AGAIN) => self.readable.set(false),
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            }
+            self.wait(&self.readable).await;
+        }
+    }
+
+    /// Writes all of `buf` to `sock`, waiting for room as often as it takes.
+    pub async fn write_all(&self, sock: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            if self.writable.get() {
+                match rustix::net::send(sock, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => buf = &buf[n..],
+                    Err(Errno::AGAIN) => self.writable.set(false),
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            }
+            self.wait(&self.writable).await;
+        }
+        Ok(())
+    }
+}
