@@ -89,3 +89,44 @@ fn the_limit_server_answers_the_same_load() {
     assert_eq!(v["errors"], 0, "{v}");
     assert!(v["ops_per_sec"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn refused_inserts_count_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let target = format!("tarn://{}", node.addr);
+    // Values over the node's max_value_bytes (1024 by default) are refused with a typed
+    // failure: every one of them is an error, every read of a key never stored is not.
+    let v = load(&[
+        "--target",
+        &target,
+        "--conns",
+        "2",
+        "--pipeline",
+        "4",
+        "--count",
+        "400",
+        "--keys",
+        "50",
+        "--value-bytes",
+        "2000",
+        "--insert-pct",
+        "100",
+    ]);
+    assert_eq!(v["ops"], 400);
+    assert_eq!(v["errors"], 400, "{v}");
+    let v = load(&[
+        "--target",
+        &target,
+        "--conns",
+        "2",
+        "--count",
+        "100",
+        "--keys",
+        "50",
+        "--insert-pct",
+        "0",
+    ]);
+    assert_eq!(v["ops"], 100);
+    assert_eq!(v["errors"], 0, "{v}");
+}

@@ -14,9 +14,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
-use tarn_proto::frame::{self, Parsed};
-use tarn_proto::msg::{Hello, Insert, InsertReply, Retrieve, RetrieveReply};
-use tarn_proto::{Decoder, Epoch, Key, Message, NetworkId};
+use rkyv::rancor;
+use tarn_proto::frame::{self, Parsed, HEADER_LEN};
+use tarn_proto::msg::{ArchivedInsertReply, ArchivedRetrieveReply, Hello, Insert, Retrieve};
+use tarn_proto::{Decoder, Epoch, Key, Kind, Message, NetworkId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,6 +101,8 @@ struct Shared {
     keys: Vec<Key>,
     value: Vec<u8>,
     epoch: Epoch,
+    /// Request frames encoded once, patched per request (tarn only).
+    templates: Option<Templates>,
     stop: AtomicBool,
     issued: AtomicU64,
     errors: AtomicU64,
@@ -144,13 +147,19 @@ async fn run(args: Args, proto: Proto, addr: String) -> anyhow::Result<()> {
         }
         Proto::Redis => Epoch(0),
     };
+    let value = vec![0xa5; args.value_bytes];
+    let templates = match proto {
+        Proto::Tarn => Templates::new(epoch, &keys, &value)?,
+        Proto::Redis => None,
+    };
     let shared = Arc::new(Shared {
-        value: vec![0xa5; args.value_bytes],
+        value,
         args: args.clone(),
         proto,
         addr,
         keys,
         epoch,
+        templates,
         stop: AtomicBool::new(false),
         issued: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -265,6 +274,72 @@ struct Conn {
     inbuf: Vec<u8>,
     start: usize,
     decoder: Decoder,
+    /// Scratch for validating reply archives in place.
+    aligned: rkyv::util::AlignedVec<16>,
+}
+
+/// An INSERT and a RETRIEVE frame encoded once, and where in each the key and request id sit:
+/// a request is the template with its key and id written in, byte for byte what
+/// `frame::encode` makes (checked at start), without cloning the value or serializing per
+/// request — the RESP side formats its requests by hand too.
+struct Templates {
+    insert: Vec<u8>,
+    insert_key_at: usize,
+    retrieve: Vec<u8>,
+    retrieve_key_at: usize,
+}
+
+impl Templates {
+    fn new(epoch: Epoch, keys: &[Key], value: &[u8]) -> anyhow::Result<Option<Templates>> {
+        let insert = |key: Key| {
+            Message::Insert(Insert {
+                epoch,
+                key,
+                value: value.to_vec(),
+            })
+        };
+        let retrieve = |key: Key| Message::Retrieve(Retrieve { epoch, key });
+        let (Some(k0), Some(k1)) = (keys.first(), keys.get(1)) else {
+            return Ok(None);
+        };
+        let t = |m: &Message| -> anyhow::Result<(Vec<u8>, usize)> {
+            let f = frame::encode_to_vec(0, m)?;
+            let at = f
+                .windows(32)
+                .position(|w| w == k0.0)
+                .context("key not found in the encoded request")?;
+            Ok((f, at))
+        };
+        let (insert_frame, insert_key_at) = t(&insert(*k0))?;
+        let (retrieve_frame, retrieve_key_at) = t(&retrieve(*k0))?;
+        let tpl = Templates {
+            insert: insert_frame,
+            insert_key_at,
+            retrieve: retrieve_frame,
+            retrieve_key_at,
+        };
+        // The patched frame must be exactly what the encoder makes; if not, encode each time.
+        for (ins, want) in [(true, insert(*k1)), (false, retrieve(*k1))] {
+            let mut got = Vec::new();
+            tpl.write(ins, k1, 7, &mut got);
+            if got != frame::encode_to_vec(7, &want)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(tpl))
+    }
+
+    fn write(&self, insert: bool, key: &Key, id: u64, out: &mut Vec<u8>) {
+        let (frame, at) = if insert {
+            (&self.insert, self.insert_key_at)
+        } else {
+            (&self.retrieve, self.retrieve_key_at)
+        };
+        let start = out.len();
+        out.extend_from_slice(frame);
+        out[start + 8..start + HEADER_LEN].copy_from_slice(&id.to_le_bytes());
+        out[start + at..start + at + 32].copy_from_slice(&key.0);
+    }
 }
 
 impl Conn {
@@ -277,6 +352,7 @@ impl Conn {
             inbuf: Vec::with_capacity(64 * 1024),
             start: 0,
             decoder: Decoder::new(),
+            aligned: rkyv::util::AlignedVec::new(),
         };
         if s.proto == Proto::Tarn {
             let h = Hello {
@@ -297,6 +373,11 @@ impl Conn {
     fn send(&mut self, s: &Shared, insert: bool, key_idx: usize, id: u64) -> anyhow::Result<()> {
         let key = s.keys[key_idx];
         match s.proto {
+            Proto::Tarn if s.templates.is_some() => {
+                if let Some(t) = &s.templates {
+                    t.write(insert, &key, id, &mut self.out);
+                }
+            }
             Proto::Tarn => {
                 let m = if insert {
                     Message::Insert(Insert {
@@ -367,19 +448,15 @@ impl Conn {
     /// Receives one reply; returns whether it was a success and, for tarn, its request id.
     async fn recv(&mut self, s: &Shared) -> anyhow::Result<(bool, Option<u64>)> {
         match s.proto {
-            Proto::Tarn => {
-                let (id, m) = self.next_tarn_with_id().await?;
-                Ok((
-                    matches!(
-                        m,
-                        Message::InsertReply(InsertReply::Stored { .. })
-                            | Message::RetrieveReply(
-                                RetrieveReply::Found(_) | RetrieveReply::NotFound
-                            )
-                    ),
-                    Some(id),
-                ))
-            }
+            Proto::Tarn => loop {
+                if let Parsed::Frame(f) = frame::parse_frame(&self.inbuf[self.start..], 1 << 20)? {
+                    let (id, len) = (f.header.request_id, f.wire_len());
+                    let ok = reply_ok(&mut self.aligned, f.header.kind, f.body);
+                    self.start += len;
+                    return Ok((ok, Some(id)));
+                }
+                self.fill().await?;
+            },
             Proto::Redis => loop {
                 if let Some((ok, len)) = parse_resp(&self.inbuf[self.start..]) {
                     self.start += len;
@@ -389,17 +466,26 @@ impl Conn {
             },
         }
     }
+}
 
-    async fn next_tarn_with_id(&mut self) -> anyhow::Result<(u64, Message)> {
-        loop {
-            if let Parsed::Frame(f) = frame::parse_frame(&self.inbuf[self.start..], 1 << 20)? {
-                let (id, len) = (f.header.request_id, f.wire_len());
-                let m = self.decoder.decode(&f)?;
-                self.start += len;
-                return Ok((id, m));
-            }
-            self.fill().await?;
-        }
+/// Whether a tarn reply says its request succeeded. The archive is validated in place (as the
+/// client library's decoder does) but its values are not copied out: the RESP side only scans
+/// its reply as well. Anything that does not validate counts as an error.
+fn reply_ok(aligned: &mut rkyv::util::AlignedVec<16>, kind: u8, body: &[u8]) -> bool {
+    aligned.clear();
+    aligned.extend_from_slice(body);
+    if kind == Kind::InsertReply as u8 {
+        matches!(
+            rkyv::access::<ArchivedInsertReply, rancor::Error>(aligned),
+            Ok(ArchivedInsertReply::Stored { .. })
+        )
+    } else if kind == Kind::RetrieveReply as u8 {
+        matches!(
+            rkyv::access::<ArchivedRetrieveReply, rancor::Error>(aligned),
+            Ok(ArchivedRetrieveReply::Found(_) | ArchivedRetrieveReply::NotFound)
+        )
+    } else {
+        false
     }
 }
 
