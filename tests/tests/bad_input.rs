@@ -79,6 +79,37 @@ async fn garbage_bytes_get_an_error_and_a_close() {
 }
 
 #[tokio::test]
+async fn a_client_that_hangs_up_after_its_request_gets_the_reply_and_a_close() {
+    // The request and the FIN reach the node together: the read that takes the request comes
+    // back short, and the node must still see the end of the stream at once, not at the idle
+    // deadline (300 s here).
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let retrieve = Message::Retrieve(tarn_proto::msg::Retrieve {
+        epoch: epoch_now(3600),
+        key: key(5),
+    });
+    for round in 0..20u64 {
+        let mut s = connected(&node).await;
+        let mut out = Vec::new();
+        frame::encode(round + 1, &retrieve, &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        s.shutdown().await.unwrap();
+        let (got, closed) = read_frames(&mut s, 2, Duration::from_secs(5)).await;
+        assert_eq!(got.len(), 1, "round {round}: {got:?}");
+        assert!(
+            matches!(got[0].1, Message::RetrieveReply(RetrieveReply::NotFound)),
+            "round {round}: {got:?}"
+        );
+        assert!(
+            closed,
+            "round {round}: not closed within 5 s of the hang-up"
+        );
+    }
+    assert_healthy(&node).await;
+}
+
+#[tokio::test]
 async fn requests_before_hello_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);

@@ -801,7 +801,6 @@ async fn heartbeat(shared: Arc<Shared>, index: usize) {
 }
 
 /// Runs core `index` until shutdown: accept, serve, drain.
-/// Runs one core until shutdown: accept, serve, drain.
 pub async fn run_core(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
@@ -809,6 +808,12 @@ pub async fn run_core(
     index: usize,
 ) {
     let listen_fd = listener.as_raw_fd();
+    // `accept` waits on the ring and then accepts without blocking (`bind_listeners` sets this
+    // too; a listener from elsewhere must not block the executor).
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "cannot make the listener non-blocking; core {index} serves nothing");
+        return;
+    }
     let metrics = &shared.metrics;
     let m = CoreMetrics {
         insert_ok: metrics.requests.with_label_values(&["insert", "ok"]),

@@ -87,11 +87,18 @@ impl Poller {
 }
 
 /// What the poller last saw of one socket, and the task waiting for it. A flag is cleared
-/// only when the socket said it would block (or a read came back short: edge-triggered, the
-/// next arrival is a new event), so no event is lost between a read and the wait after it.
+/// only when the socket said it would block, or when a read came back short on a socket not
+/// yet closed by its peer (edge-triggered, the next arrival is a new event), so no event is
+/// lost between a read and the wait after it. A short read does not mean "drained" once the
+/// peer has closed or reset: TCP stops a read at the FIN and reports a reset on the next call,
+/// and that FIN or reset may have come with the event the read used up — so after a hang-up
+/// the socket is read until it says so. (Urgent data also shortens a read; a client that
+/// sends it may wait until its deadline, which the watcher enforces.)
 pub struct Ready {
     readable: Cell<bool>,
     writable: Cell<bool>,
+    /// The peer hung up, reset, or the socket was shut down: reads never wait again.
+    closed: Cell<bool>,
     waker: Cell<Option<Waker>>,
 }
 
@@ -100,6 +107,7 @@ impl std::fmt::Debug for Ready {
         f.debug_struct("Ready")
             .field("readable", &self.readable.get())
             .field("writable", &self.writable.get())
+            .field("closed", &self.closed.get())
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +117,7 @@ impl Default for Ready {
         Ready {
             readable: Cell::new(true),
             writable: Cell::new(true),
+            closed: Cell::new(false),
             waker: Cell::new(None),
         }
     }
@@ -118,6 +127,9 @@ impl Ready {
     /// Records an event from the set and wakes the task waiting on the socket, if any.
     pub fn event(&self, flags: epoll::EventFlags) {
         use epoll::EventFlags as F;
+        if flags.intersects(F::RDHUP | F::HUP | F::ERR) {
+            self.closed.set(true);
+        }
         if flags.intersects(F::IN | F::RDHUP | F::HUP | F::ERR) {
             self.readable.set(true);
         }
@@ -150,7 +162,7 @@ impl Ready {
             if self.readable.get() {
                 match rustix::net::recv(sock, &mut *buf, RecvFlags::DONTWAIT) {
                     Ok((n, _)) => {
-                        if n > 0 && n < buf.len() {
+                        if n > 0 && n < buf.len() && !self.closed.get() {
                             self.readable.set(false);
                         }
                         return Ok(n);
