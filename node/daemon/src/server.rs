@@ -774,8 +774,6 @@ pub fn bind_listeners(
             s.set_nodelay(true)?;
             s.bind(&resolved.into())?;
             s.listen(1024)?;
-            // Accepted with non-blocking `accept4` (`accept`) when the ring says it is ready.
-            s.set_nonblocking(true)?;
             Ok(s.into())
         })
         .collect()
@@ -808,8 +806,7 @@ pub async fn run_core(
     index: usize,
 ) {
     let listen_fd = listener.as_raw_fd();
-    // `accept` waits on the ring and then accepts without blocking (`bind_listeners` sets this
-    // too; a listener from elsewhere must not block the executor).
+    // `accept` waits on the ring, then accepts without blocking.
     if let Err(e) = listener.set_nonblocking(true) {
         tracing::error!(error = %e, "cannot make the listener non-blocking; core {index} serves nothing");
         return;

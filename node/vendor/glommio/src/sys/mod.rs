@@ -87,7 +87,8 @@ pub(crate) fn write_eventfd(eventfd: RawFd) {
 
 // tarn patch: send and recv as raw system calls. glibc's `send`/`recv` are cancellation
 // points that toggle the thread's async-cancel state around every call; glommio never cancels
-// its threads, and these run once per request on the hot path.
+// its threads, and these run once per request on node-to-node links (tarnd's client sockets
+// use rustix's raw calls directly).
 pub(crate) fn send_syscall(fd: RawFd, buf: *const u8, len: usize, flags: i32) -> io::Result<usize> {
     raw_socket_io(libc::SYS_sendto, fd, buf as libc::c_long, len, flags)
 }
