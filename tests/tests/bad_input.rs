@@ -110,6 +110,103 @@ async fn a_client_that_hangs_up_after_its_request_gets_the_reply_and_a_close() {
 }
 
 #[tokio::test]
+async fn inserts_then_a_hang_up_get_every_reply_before_the_close() {
+    // The burst's inserts are committed and answered by the core's flusher while the
+    // connection's task has already read the end of the stream: the replies must still go out
+    // (in order) before the socket closes.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let e = epoch_now(3600);
+    for round in 0..20u64 {
+        let mut s = connected(&node).await;
+        let mut out = Vec::new();
+        for i in 0..8u64 {
+            let insert = Message::Insert(Insert {
+                epoch: e,
+                key: key(1000 * round + i),
+                value: vec![i as u8; 16],
+            });
+            frame::encode(i + 1, &insert, &mut out).unwrap();
+        }
+        s.write_all(&out).await.unwrap();
+        s.shutdown().await.unwrap();
+        let (got, closed) = read_frames(&mut s, 9, Duration::from_secs(5)).await;
+        let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, (1..=8).collect::<Vec<_>>(), "round {round}: {got:?}");
+        for (_, m) in &got {
+            assert!(
+                matches!(m, Message::InsertReply(InsertReply::Stored { copies: 1 })),
+                "round {round}: {m:?}"
+            );
+        }
+        assert!(closed, "round {round}: not closed after the replies");
+    }
+    let c = node.client().await;
+    assert!(matches!(
+        c.retrieve(e, key(19_007)).await.unwrap(),
+        RetrieveReply::Found(v) if v == vec![vec![7u8; 16]]
+    ));
+    assert_healthy(&node).await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_its_insert_replies_late_gets_every_one() {
+    // More insert replies than the socket buffers hold, read only after a pause: the flusher's
+    // writes of them stop short, and the connection must write the rest, in order, once the
+    // client reads.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(node.addr.parse().unwrap()).await.unwrap();
+    s.write_all(&hello_frame()).await.unwrap();
+    let (got, _) = read_frames(&mut s, 1, Duration::from_secs(5)).await;
+    assert!(matches!(got[0].1, Message::HelloAck(_)));
+    const N: u64 = 150_000;
+    let e = epoch_now(3600);
+    let mut burst = Vec::new();
+    for i in 0..N {
+        let insert = Message::Insert(Insert {
+            epoch: e,
+            key: key(i),
+            value: vec![1],
+        });
+        frame::encode(i + 1, &insert, &mut burst).unwrap();
+    }
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move { wr.write_all(&burst).await.map(|()| wr) });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut buf = Vec::new();
+    let mut decoder = Decoder::new();
+    let mut next = 1u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while next <= N {
+        while let Ok(Parsed::Frame(f)) = frame::parse_frame(&buf, 1 << 20) {
+            let (id, len) = (f.header.request_id, f.wire_len());
+            let m = decoder.decode(&f).expect("node sends valid frames");
+            assert_eq!(id, next, "replies in request order");
+            assert!(
+                matches!(m, Message::InsertReply(InsertReply::Stored { .. })),
+                "reply {id}: {m:?}"
+            );
+            buf.drain(..len);
+            next += 1;
+        }
+        if next > N {
+            break;
+        }
+        let mut chunk = [0u8; 65536];
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => panic!("closed after {} of {N} replies", next - 1),
+            Ok(Ok(k)) => buf.extend_from_slice(&chunk[..k]),
+            Err(_) => panic!("only {} of {N} replies within 60 s", next - 1),
+        }
+    }
+    let _wr = writer.await.unwrap().unwrap();
+    assert_healthy(&node).await;
+}
+
+#[tokio::test]
 async fn requests_before_hello_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);

@@ -6,8 +6,13 @@
 //! the core's group-commit queue; a flusher task writes everything queued in one store batch
 //! (the storage boundary, timed as `tarn_storage_duration_seconds`). A batch that must wait for
 //! fsync (`every-write`) runs on glommio's blocking pool, so fsync never runs on the executor; a
-//! batch that only appends to the WAL runs inline, which is cheaper than the thread handoff. Replies carry request ids and may be reordered, but a
-//! read that follows an insert on the same connection waits for that insert to commit.
+//! batch that only appends to the WAL runs inline, which is cheaper than the thread handoff.
+//! When a burst's inserts need only this node's store, the flusher also writes their replies
+//! (into the connection's shared outbox, after the burst's earlier replies, straight to the
+//! socket), so the connection's task is not woken a second time per insert; it goes back to
+//! reading and, before it answers anything more, waits for those replies and writes what the
+//! socket did not take. Replies carry request ids and may be reordered, but a read that follows
+//! an insert on the same connection waits for that insert to commit.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -103,10 +108,84 @@ struct OwnedPut {
     value: Vec<u8>,
 }
 
-/// A connection's inserts, committed together; `done` receives one result per insert.
+/// A connection's inserts, committed together.
 struct Job {
     items: Vec<OwnedPut>,
-    done: futures_channel::oneshot::Sender<Vec<Result<(), StoreError>>>,
+    done: Done,
+}
+
+/// Who learns how a [`Job`]'s inserts went.
+enum Done {
+    /// A task waiting for the results, one per insert (replicated writes, closing connections).
+    Results(futures_channel::oneshot::Sender<Vec<Result<(), StoreError>>>),
+    /// The flusher answers: one `(request id, arrival)` per insert, replies appended to the
+    /// connection's outbox and written at once. The connection's task is not woken for them
+    /// (it went back to reading), unless the client does not take the replies or it waits.
+    Answer {
+        out: Rc<RefCell<Outbox>>,
+        watch: Rc<Watch>,
+        requests: Vec<(u64, Instant)>,
+    },
+}
+
+/// A connection's replies on their way out, shared with its core's flusher (see
+/// [`Done::Answer`]).
+#[derive(Default)]
+struct Outbox {
+    /// Replies encoded and not yet sealed or written (plaintext).
+    wbuf: Vec<u8>,
+    /// Bytes for the wire (sealed on the encrypted channel), not yet written.
+    unsent: Vec<u8>,
+    /// The encrypted channel, once its handshake is done.
+    noise: Option<Box<snow::TransportState>>,
+    /// Inserts are with the flusher: their replies come next, so nothing else is added (or
+    /// written) until it has answered them.
+    handed: bool,
+    /// The flusher's write failed: the connection is unusable.
+    broken: bool,
+    /// The connection's task, waiting for the flusher to answer.
+    waiter: Option<std::task::Waker>,
+}
+
+impl Outbox {
+    /// Moves `wbuf` onto `unsent`, sealed when the channel is encrypted. False when sealing
+    /// failed.
+    fn seal(&mut self) -> bool {
+        if self.wbuf.is_empty() {
+            return true;
+        }
+        let Some(noise) = self.noise.as_mut() else {
+            if self.unsent.is_empty() {
+                std::mem::swap(&mut self.wbuf, &mut self.unsent);
+            } else {
+                self.unsent.extend_from_slice(&self.wbuf);
+                self.wbuf.clear();
+            }
+            return true;
+        };
+        for chunk in self.wbuf.chunks(tarn_proto::noise::MAX_NOISE_PLAINTEXT) {
+            let at = tarn_proto::noise::begin_data_frame(&mut self.unsent);
+            self.unsent
+                .resize(at + chunk.len() + tarn_proto::noise::NOISE_TAG, 0);
+            match noise.write_message(chunk, &mut self.unsent[at..]) {
+                Ok(n) => self.unsent.truncate(at + n),
+                Err(_) => return false,
+            }
+            tarn_proto::noise::finish_data_frame(&mut self.unsent, at);
+        }
+        self.wbuf.clear();
+        true
+    }
+
+    /// Gives back memory a burst made the buffers take.
+    fn shrink(&mut self) {
+        if self.wbuf.capacity() > MAX_KEPT_BUF {
+            self.wbuf = Vec::with_capacity(16 * 1024);
+        }
+        if self.unsent.capacity() > MAX_KEPT_BUF {
+            self.unsent = Vec::with_capacity(16 * 1024);
+        }
+    }
 }
 
 /// Pre-resolved metric children for the hot path (no label hashing per request).
@@ -272,7 +351,10 @@ impl Core {
     async fn commit_queued(&self, items: Vec<OwnedPut>) -> Vec<Result<(), StoreError>> {
         let n = items.len();
         let (tx, rx) = futures_channel::oneshot::channel();
-        self.queue.borrow_mut().push(Job { items, done: tx });
+        self.queue.borrow_mut().push(Job {
+            items,
+            done: Done::Results(tx),
+        });
         let _ = self.wake.try_send(());
         rx.await.unwrap_or_else(|_| {
             vec![
@@ -287,6 +369,82 @@ impl Core {
 }
 
 impl Core {
+    /// The reply to an insert, counted and timed.
+    fn insert_reply(&self, arrived: Instant, r: WriteResult) -> Message {
+        let reply = match r {
+            Ok(copies) => {
+                self.m.insert_ok.inc();
+                InsertReply::Stored { copies }
+            }
+            Err(cause) => {
+                self.shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["insert", cause_label(&cause)])
+                    .inc();
+                InsertReply::Failed(cause)
+            }
+        };
+        self.m
+            .insert_seconds
+            .observe(arrived.elapsed().as_secs_f64());
+        Message::InsertReply(reply)
+    }
+
+    /// Answers a connection's committed inserts ([`Done::Answer`]): their replies go after
+    /// the ones already in its outbox, and everything is written at once without waiting.
+    /// What the socket does not take now, or a failed write, is left to the connection, whose
+    /// read is interrupted to see to it.
+    fn answer(
+        &self,
+        out: &RefCell<Outbox>,
+        watch: &Watch,
+        requests: Vec<(u64, Instant)>,
+        results: Vec<Result<(), StoreError>>,
+    ) {
+        self.m.commit_queue.sub(requests.len() as i64);
+        let mut o = out.borrow_mut();
+        for ((request_id, arrived), r) in requests.into_iter().zip(results) {
+            let r = r.map(|()| 1).map_err(|e| store_cause(&e, &self.shared));
+            let reply = self.insert_reply(arrived, r);
+            encode_reply(request_id, &reply, &mut o.wbuf);
+        }
+        o.handed = false;
+        let written = if o.seal() {
+            // SAFETY: the connection keeps its socket open while it has inserts with the
+            // flusher (`Conn::settle` runs before it closes).
+            let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(watch.fd) };
+            watch.ready.write_now(sock, &o.unsent).ok()
+        } else {
+            None
+        };
+        match written {
+            Some(n) => drop(o.unsent.drain(..n)),
+            None => {
+                o.broken = true;
+                o.unsent.clear();
+            }
+        }
+        let left = o.broken || !o.unsent.is_empty();
+        let waiter = o.waiter.take();
+        drop(o);
+        match waiter {
+            Some(w) => w.wake(),
+            None if left => watch.ready.nudge(),
+            None => {}
+        }
+    }
+
+    /// Whether this node's writes have no replicas to reach (its store is the only copy).
+    fn unreplicated(&self) -> bool {
+        self.shared
+            .cluster
+            .routing
+            .load()
+            .replica_targets(self.shared.cluster.replicas)
+            .is_empty()
+    }
+
     /// Whether this node stores `key` itself (it is responsible, or alone).
     fn is_local(&self, key: &Key) -> bool {
         let r = self.shared.cluster.routing.load();
@@ -704,11 +862,11 @@ async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
                 break;
             }
             let mut sizes = Vec::with_capacity(jobs.len());
-            let mut senders = Vec::with_capacity(jobs.len());
+            let mut dones = Vec::with_capacity(jobs.len());
             let mut all = Vec::new();
             for j in jobs {
                 sizes.push(j.items.len());
-                senders.push(j.done);
+                dones.push(j.done);
                 all.extend(j.items);
             }
             core.shared.metrics.batch_size.observe(all.len() as f64);
@@ -737,9 +895,18 @@ async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
             };
             core.in_flight.set(false);
             core.m.put_seconds.observe(started.elapsed().as_secs_f64());
-            for (size, tx) in sizes.into_iter().zip(senders).rev() {
+            for (size, done) in sizes.into_iter().zip(dones).rev() {
                 let mine = results.split_off(results.len() - size);
-                let _ = tx.send(mine);
+                match done {
+                    Done::Results(tx) => {
+                        let _ = tx.send(mine);
+                    }
+                    Done::Answer {
+                        out,
+                        watch,
+                        requests,
+                    } => core.answer(&out, &watch, requests, mine),
+                }
             }
         }
     }
@@ -1040,6 +1207,8 @@ async fn serve(core: Rc<Core>, stream: TcpStream, id: u64, watch: Rc<Watch>) {
         core.shared.metrics.connections_open.dec();
         return;
     }
+    // Inserts still with the flusher are answered before the socket closes.
+    conn.settle().await;
     core.conns.borrow_mut().remove(&id);
     core.shared.metrics.connections_open.dec();
     drop(conn);
@@ -1051,7 +1220,8 @@ struct Conn {
     rbuf: Vec<u8>,
     start: usize,
     end: usize,
-    wbuf: Vec<u8>,
+    /// Replies on their way out (and the encrypted channel's state), shared with the flusher.
+    out: Rc<RefCell<Outbox>>,
     decoder: Decoder,
     hello_done: bool,
     /// When the oldest incomplete frame in `rbuf` began arriving (the watcher's tick).
@@ -1065,13 +1235,9 @@ struct Conn {
     /// Reads that came after inserts still uncommitted: answered once those are written (with
     /// the rest of the burst's inserts, in one group commit).
     deferred: Vec<(u64, Instant, msg::Retrieve)>,
-    /// The encrypted channel, once its handshake is done: `rbuf` then holds plaintext
-    /// decrypted from `cipher_in`, and `wbuf` is encrypted on the way out.
-    noise: Option<Box<snow::TransportState>>,
-    /// Ciphertext frames read but not yet decrypted.
+    /// Ciphertext frames read but not yet decrypted (once the encrypted channel is up, `rbuf`
+    /// holds plaintext decrypted from here).
     cipher_in: Vec<u8>,
-    /// Encrypted output being written.
-    wout: Vec<u8>,
     /// Whether this client may use the plaintext protocol (policy and its address).
     plaintext_ok: bool,
 }
@@ -1107,7 +1273,10 @@ impl Conn {
             rbuf: vec![0; 16 * 1024],
             start: 0,
             end: 0,
-            wbuf: Vec::with_capacity(16 * 1024),
+            out: Rc::new(RefCell::new(Outbox {
+                wbuf: Vec::with_capacity(16 * 1024),
+                ..Outbox::default()
+            })),
             decoder: Decoder::new(),
             hello_done: false,
             partial_since: None,
@@ -1115,17 +1284,20 @@ impl Conn {
             pending: Vec::new(),
             routed: Vec::new(),
             deferred: Vec::new(),
-            noise: None,
             cipher_in: Vec::new(),
-            wout: Vec::new(),
             plaintext_ok: false,
         }
     }
 
     fn reply(&mut self, request_id: u64, msg: &Message) {
-        if let Err(e) = frame::encode(request_id, msg, &mut self.wbuf) {
-            tracing::error!(error = %e, "cannot encode a reply");
-        }
+        let mut out = self.out.borrow_mut();
+        debug_assert!(!out.handed, "a reply overtook inserts with the flusher");
+        encode_reply(request_id, msg, &mut out.wbuf);
+    }
+
+    /// Whether the encrypted channel is up.
+    fn encrypted(&self) -> bool {
+        self.out.borrow().noise.is_some()
     }
 
     fn reject(&mut self, request_id: u64, code: ErrorCode, detail: String) -> End {
@@ -1148,16 +1320,20 @@ impl Conn {
     async fn run(&mut self) -> bool {
         let (frame_ticks, idle_ticks) = (self.core.frame_ticks, self.core.idle_ticks);
         loop {
+            if !self.settle().await {
+                return false;
+            }
             let end = self.process().await;
             if let End::Peer = end {
                 return true;
             }
-            if !self.flush_out().await {
-                return false;
-            }
-            // Give back memory a burst made us take.
-            if self.wbuf.capacity() > MAX_KEPT_BUF {
-                self.wbuf = Vec::with_capacity(16 * 1024);
+            // Handed inserts: the flusher writes this burst's replies.
+            if !self.out.borrow().handed {
+                if !self.flush_out().await {
+                    return false;
+                }
+                // Give back memory a burst made us take.
+                self.out.borrow_mut().shrink();
             }
             if self.start == self.end && self.rbuf.len() > MAX_KEPT_BUF {
                 self.rbuf = vec![0; 16 * 1024];
@@ -1201,7 +1377,7 @@ impl Conn {
                 None => (self.core.tick.get(), idle_ticks),
             };
             self.watch.arm(since, limit, libc::SHUT_RD);
-            let read = if self.noise.is_some() {
+            let read = if self.encrypted() {
                 let mut chunk = [0u8; 16 * 1024];
                 match self.watch.ready.read(&self.stream, &mut chunk).await {
                     Ok(n) if n > 0 => {
@@ -1231,8 +1407,10 @@ impl Conn {
             }
             match read {
                 Ok(0) => return false,
-                Ok(n) if self.noise.is_none() => self.end += n,
+                Ok(n) if !self.encrypted() => self.end += n,
                 Ok(_) => {}
+                // Nudged by the flusher: replies are left to write (`settle`).
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
         }
@@ -1241,47 +1419,59 @@ impl Conn {
     /// Writes pending replies, within one overall deadline (a client that reads slowly is cut
     /// off). Returns false when the connection is unusable.
     async fn flush_out(&mut self) -> bool {
-        if self.wbuf.is_empty() {
-            return true;
+        if !self.out.borrow_mut().seal() {
+            return false;
         }
-        if let Some(noise) = self.noise.as_mut() {
-            self.wout.clear();
-            for chunk in self.wbuf.chunks(tarn_proto::noise::MAX_NOISE_PLAINTEXT) {
-                let at = tarn_proto::noise::begin_data_frame(&mut self.wout);
-                self.wout
-                    .resize(at + chunk.len() + tarn_proto::noise::NOISE_TAG, 0);
-                match noise.write_message(chunk, &mut self.wout[at..]) {
-                    Ok(n) => self.wout.truncate(at + n),
-                    Err(_) => return false,
-                }
-                tarn_proto::noise::finish_data_frame(&mut self.wout, at);
-            }
-            std::mem::swap(&mut self.wbuf, &mut self.wout);
-        }
-        let ok = self.write_wbuf().await;
-        self.wbuf.clear();
-        ok
+        self.write_unsent().await
     }
 
-    /// Writes `wbuf` whole within the frame deadline: the watcher cuts a client that does not
-    /// read its replies. False when the write failed or was cut.
-    async fn write_wbuf(&mut self) -> bool {
+    /// Writes the outbox's sealed bytes whole within the frame deadline: the watcher cuts a
+    /// client that does not read its replies. False when the write failed or was cut.
+    async fn write_unsent(&mut self) -> bool {
+        if self.out.borrow().unsent.is_empty() {
+            return true;
+        }
+        // Out of the cell while the write waits (nothing else touches it meanwhile: the
+        // connection has nothing with the flusher).
+        let mut bytes = std::mem::take(&mut self.out.borrow_mut().unsent);
         self.watch
             .arm(self.core.tick.get(), self.core.frame_ticks, libc::SHUT_RDWR);
         let ok = self
             .watch
             .ready
-            .write_all(&self.stream, &self.wbuf)
+            .write_all(&self.stream, &bytes)
             .await
             .is_ok();
         self.watch.disarm();
+        bytes.clear();
+        self.out.borrow_mut().unsent = bytes;
         ok && !self.watch.expired.get()
+    }
+
+    /// Waits until the flusher has answered the inserts this connection handed it, then
+    /// writes what the socket did not take at once. False when the connection is unusable.
+    async fn settle(&mut self) -> bool {
+        let out = &self.out;
+        std::future::poll_fn(|cx| {
+            let mut o = out.borrow_mut();
+            if !o.handed {
+                return std::task::Poll::Ready(());
+            }
+            o.waiter = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+        if self.out.borrow().broken {
+            return false;
+        }
+        self.write_unsent().await
     }
 
     /// Decrypts every complete `NOISE_DATA` frame of `cipher_in` onto the end of `rbuf`.
     /// False when a frame is not a valid ciphertext (altered, replayed, reordered, other kind).
     fn decrypt_pending(&mut self) -> bool {
-        let Some(noise) = self.noise.as_mut() else {
+        let mut out = self.out.borrow_mut();
+        let Some(noise) = out.noise.as_mut() else {
             return true;
         };
         let mut used = 0;
@@ -1314,10 +1504,16 @@ impl Conn {
     /// The encrypted channel broke: say so in plaintext (the client cannot decrypt anything
     /// now) and close.
     async fn fail_channel(&mut self) {
-        self.noise = None;
-        self.wbuf.clear();
+        if !self.settle().await {
+            return;
+        }
+        {
+            let mut out = self.out.borrow_mut();
+            out.noise = None;
+            out.wbuf.clear();
+        }
         let _ = self.reject(0, ErrorCode::HandshakeFailed, "ciphertext failed".into());
-        let _ = self.write_wbuf().await;
+        let _ = self.flush_out().await;
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
@@ -1377,13 +1573,13 @@ impl Conn {
             tarn_proto::noise::KIND_NOISE_HELLO_ACK,
             request_id,
             &msg[..m],
-            &mut self.wbuf,
+            &mut self.out.borrow_mut().wbuf,
         );
         // The ack goes out in plaintext framing; everything after it is encrypted.
         if !self.flush_out().await {
             return End::Close;
         }
-        self.noise = Some(Box::new(transport));
+        self.out.borrow_mut().noise = Some(Box::new(transport));
         self.hello_done = true;
         audit_client(&shared, &self.stream);
         shared
@@ -1404,6 +1600,9 @@ impl Conn {
     }
 
     async fn frame_timed_out(&mut self) {
+        if !self.settle().await {
+            return;
+        }
         let _ = self.reject(0, ErrorCode::Timeout, "frame not completed in time".into());
         // Through the encrypted channel when there is one (the client reads nothing else).
         let _ = self.flush_out().await;
@@ -1427,17 +1626,16 @@ impl Conn {
                         let body = f.body.to_vec();
                         self.start += len;
                         self.partial_since = None;
-                        let end = if kind == tarn_proto::noise::KIND_NOISE_HELLO
-                            && self.noise.is_none()
-                        {
-                            self.noise_handshake(id, &body).await
-                        } else {
-                            self.reject(
-                                id,
-                                ErrorCode::HandshakeFailed,
-                                "unexpected encrypted-channel frame".into(),
-                            )
-                        };
+                        let end =
+                            if kind == tarn_proto::noise::KIND_NOISE_HELLO && !self.encrypted() {
+                                self.noise_handshake(id, &body).await
+                            } else {
+                                self.reject(
+                                    id,
+                                    ErrorCode::HandshakeFailed,
+                                    "unexpected encrypted-channel frame".into(),
+                                )
+                            };
                         if let End::Close = end {
                             self.commit_pending().await;
                             return End::Close;
@@ -1465,15 +1663,44 @@ impl Conn {
                 return End::Close;
             }
             // Replies wait in memory only up to a bound: write them out as they accumulate.
-            if self.wbuf.len() >= FLUSH_AT && !self.flush_out().await {
+            if self.out.borrow().wbuf.len() >= FLUSH_AT && !self.flush_out().await {
                 self.commit_pending().await;
                 return End::Close;
             }
             // A long pipelined burst must not starve the core's other connections.
             glommio::yield_if_needed().await;
         }
-        self.commit_pending().await;
+        if !self.hand_off() {
+            self.commit_pending().await;
+        }
         End::Continue
+    }
+
+    /// Hands the burst's inserts to the flusher, which commits them and writes their replies
+    /// after the ones already encoded ([`Done::Answer`]): the task goes back to reading
+    /// instead of waiting to be woken for them. Only when they need nothing but this node's
+    /// store and no other reply of the burst waits (routed requests, reads behind them).
+    fn hand_off(&mut self) -> bool {
+        if self.pending.is_empty()
+            || !self.routed.is_empty()
+            || !self.deferred.is_empty()
+            || !self.core.unreplicated()
+        {
+            return false;
+        }
+        let (requests, items) = self.take_pending();
+        self.core.m.commit_queue.add(items.len() as i64);
+        self.out.borrow_mut().handed = true;
+        self.core.queue.borrow_mut().push(Job {
+            items,
+            done: Done::Answer {
+                out: self.out.clone(),
+                watch: self.watch.clone(),
+                requests,
+            },
+        });
+        let _ = self.core.wake.try_send(());
+        true
     }
 
     async fn handle(&mut self, request_id: u64, msg: Message) -> End {
@@ -1500,7 +1727,7 @@ impl Conn {
             self.reply(request_id, &hello_ack(&shared));
             return End::Continue;
         }
-        if self.noise.is_none() && !self.plaintext_ok && !matches!(msg, Message::Hello(_)) {
+        if !self.plaintext_ok && !self.encrypted() && !matches!(msg, Message::Hello(_)) {
             return self.reject(
                 request_id,
                 ErrorCode::EncryptionRequired,
@@ -1760,42 +1987,37 @@ impl Conn {
         }
     }
 
+    /// The pending inserts, as their requests and their puts (in the same order).
+    fn take_pending(&mut self) -> (Vec<(u64, Instant)>, Vec<OwnedPut>) {
+        let n = self.pending.len();
+        let mut requests = Vec::with_capacity(n);
+        let mut items = Vec::with_capacity(n);
+        for (request_id, arrived, put) in self.pending.drain(..) {
+            requests.push((request_id, arrived));
+            items.push(put);
+        }
+        (requests, items)
+    }
+
     /// Commits the inserts read so far that this node is responsible for, as one group
     /// (replicated), and writes their replies.
     async fn commit_local(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
-        let mut meta = Vec::with_capacity(pending.len());
-        let mut items = Vec::with_capacity(pending.len());
-        for (id, t, put) in pending {
-            meta.push((id, t, put.epoch));
-            items.push(put);
-        }
+        let (requests, items) = self.take_pending();
         let results = self.core.write_replicated(items).await;
-        let shared = self.core.shared.clone();
-        for ((request_id, t, _epoch), r) in meta.into_iter().zip(results) {
-            let reply = match r {
-                Ok(copies) => {
-                    self.core.m.insert_ok.inc();
-                    InsertReply::Stored { copies }
-                }
-                Err(cause) => {
-                    shared
-                        .metrics
-                        .requests
-                        .with_label_values(&["insert", cause_label(&cause)])
-                        .inc();
-                    InsertReply::Failed(cause)
-                }
-            };
-            self.reply(request_id, &Message::InsertReply(reply));
-            self.core
-                .m
-                .insert_seconds
-                .observe(t.elapsed().as_secs_f64());
+        for ((request_id, t), r) in requests.into_iter().zip(results) {
+            let reply = self.core.insert_reply(t, r);
+            self.reply(request_id, &reply);
         }
+    }
+}
+
+/// Appends `msg` as a frame to a connection's replies.
+fn encode_reply(request_id: u64, msg: &Message, out: &mut Vec<u8>) {
+    if let Err(e) = frame::encode(request_id, msg, out) {
+        tracing::error!(error = %e, "cannot encode a reply");
     }
 }
 

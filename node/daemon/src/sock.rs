@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::task::{Poll, Waker};
 
 use rustix::buffer::spare_capacity;
@@ -99,6 +99,8 @@ pub struct Ready {
     writable: Cell<bool>,
     /// The peer hung up, reset, or the socket was shut down: reads never wait again.
     closed: Cell<bool>,
+    /// Set by [`Ready::nudge`]: the next read returns `Interrupted` instead of waiting.
+    nudged: Cell<bool>,
     waker: Cell<Option<Waker>>,
 }
 
@@ -118,6 +120,7 @@ impl Default for Ready {
             readable: Cell::new(true),
             writable: Cell::new(true),
             closed: Cell::new(false),
+            nudged: Cell::new(false),
             waker: Cell::new(None),
         }
     }
@@ -141,9 +144,22 @@ impl Ready {
         }
     }
 
+    /// Interrupts the owner's read (or the next one): it returns `ErrorKind::Interrupted`, so
+    /// the owner can see to something else its socket waits for (replies left to write).
+    pub fn nudge(&self) {
+        self.nudged.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
     fn wait<'a>(&'a self, flag: &'a Cell<bool>) -> impl Future<Output = ()> + 'a {
+        self.wait_until(move || flag.get())
+    }
+
+    fn wait_until<'a>(&'a self, done: impl Fn() -> bool + 'a) -> impl Future<Output = ()> + 'a {
         poll_fn(move |cx| {
-            if flag.get() {
+            if done() {
                 return Poll::Ready(());
             }
             let waker = match self.waker.take() {
@@ -156,9 +172,12 @@ impl Ready {
     }
 
     /// Reads what `sock` has, up to `buf.len()`, waiting until it has something; `Ok(0)` at
-    /// the end of the stream.
+    /// the end of the stream, `ErrorKind::Interrupted` (nothing read) after a [`Ready::nudge`].
     pub async fn read(&self, sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            if self.nudged.replace(false) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             if self.readable.get() {
                 match rustix::net::recv(sock, &mut *buf, RecvFlags::DONTWAIT) {
                     Ok((n, _)) => {
@@ -173,25 +192,98 @@ impl Ready {
                 }
                 continue;
             }
-            self.wait(&self.readable).await;
+            self.wait_until(|| self.readable.get() || self.nudged.get())
+                .await;
         }
+    }
+
+    /// Writes what `sock` takes of `buf` now, without waiting: the bytes written (fewer than
+    /// `buf.len()` when its send buffer is full).
+    pub fn write_now(&self, sock: impl AsFd, buf: &[u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() && self.writable.get() {
+            match rustix::net::send(&sock, &buf[n..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(k) => n += k,
+                Err(Errno::AGAIN) => self.writable.set(false),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
     }
 
     /// Writes all of `buf` to `sock`, waiting for room as often as it takes.
     pub async fn write_all(&self, sock: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            if self.writable.get() {
-                match rustix::net::send(sock, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => buf = &buf[n..],
-                    Err(Errno::AGAIN) => self.writable.set(false),
-                    Err(Errno::INTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                continue;
+        loop {
+            buf = &buf[self.write_now(sock, buf)?..];
+            if buf.is_empty() {
+                return Ok(());
             }
             self.wait(&self.writable).await;
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::rc::Rc;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn a_nudge_interrupts_a_waiting_read_once_and_data_still_arrives() {
+        glommio::LocalExecutor::default().run(async {
+            let (server, mut client) = pair();
+            let server = Rc::new(server);
+            let ready = Rc::new(Ready::default());
+            let reader = glommio::spawn_local({
+                let (server, ready) = (server.clone(), ready.clone());
+                async move {
+                    let mut buf = [0u8; 16];
+                    let first = ready.read(&server, &mut buf).await;
+                    let second = ready.read(&server, &mut buf).await;
+                    (
+                        first.map_err(|e| e.kind()),
+                        second.map_err(|e| e.kind()),
+                        buf[0],
+                    )
+                }
+            });
+            // The reader finds nothing and waits; the nudge ends that wait without data.
+            glommio::yield_if_needed().await;
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            ready.nudge();
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            // The next read waits again, for data this time (the poller's event, by hand).
+            client.write_all(b"x").unwrap();
+            ready.event(epoll::EventFlags::IN);
+            let (first, second, byte) = reader.await;
+            assert_eq!(first, Err(io::ErrorKind::Interrupted));
+            assert_eq!(second, Ok(1));
+            assert_eq!(byte, b'x');
+        });
+    }
+
+    #[test]
+    fn write_now_takes_what_fits_and_does_not_wait() {
+        glommio::LocalExecutor::default().run(async {
+            let (server, _client) = pair();
+            let ready = Ready::default();
+            // Far more than both socket buffers hold, with nobody reading.
+            let big = vec![7u8; 64 << 20];
+            let n = ready.write_now(&server, &big).unwrap();
+            assert!(n > 0 && n < big.len(), "wrote {n}");
+            assert!(!ready.writable.get(), "a full socket is marked so");
+            assert_eq!(ready.write_now(&server, &big).unwrap(), 0);
+        });
     }
 }
