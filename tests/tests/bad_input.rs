@@ -111,29 +111,38 @@ async fn a_client_that_hangs_up_after_its_request_gets_the_reply_and_a_close() {
 
 #[tokio::test]
 async fn inserts_then_a_hang_up_get_every_reply_before_the_close() {
-    // The burst's inserts are committed and answered by the core's flusher while the
-    // connection's task has already read the end of the stream: the replies must still go out
-    // (in order) before the socket closes.
+    // The burst's inserts are committed and answered by the core's flusher (after the read's
+    // reply, already encoded) while the connection's task may have read the end of the stream
+    // already: every reply must still go out, in order, before the socket closes.
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let e = epoch_now(3600);
     for round in 0..20u64 {
         let mut s = connected(&node).await;
         let mut out = Vec::new();
+        let retrieve = Message::Retrieve(tarn_proto::msg::Retrieve {
+            epoch: e,
+            key: key(u64::MAX),
+        });
+        frame::encode(1, &retrieve, &mut out).unwrap();
         for i in 0..8u64 {
             let insert = Message::Insert(Insert {
                 epoch: e,
                 key: key(1000 * round + i),
                 value: vec![i as u8; 16],
             });
-            frame::encode(i + 1, &insert, &mut out).unwrap();
+            frame::encode(i + 2, &insert, &mut out).unwrap();
         }
         s.write_all(&out).await.unwrap();
         s.shutdown().await.unwrap();
-        let (got, closed) = read_frames(&mut s, 9, Duration::from_secs(5)).await;
+        let (got, closed) = read_frames(&mut s, 10, Duration::from_secs(5)).await;
         let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, (1..=8).collect::<Vec<_>>(), "round {round}: {got:?}");
-        for (_, m) in &got {
+        assert_eq!(ids, (1..=9).collect::<Vec<_>>(), "round {round}: {got:?}");
+        assert!(
+            matches!(got[0].1, Message::RetrieveReply(RetrieveReply::NotFound)),
+            "round {round}: {got:?}"
+        );
+        for (_, m) in &got[1..] {
             assert!(
                 matches!(m, Message::InsertReply(InsertReply::Stored { copies: 1 })),
                 "round {round}: {m:?}"

@@ -116,7 +116,9 @@ struct Job {
 
 /// Who learns how a [`Job`]'s inserts went.
 enum Done {
-    /// A task waiting for the results, one per insert (replicated writes, closing connections).
+    /// A task waiting for the results, one per insert: every commit that is not a
+    /// [`Done::Answer`] (replicated writes, bursts with routed requests or reads behind their
+    /// inserts, a connection closing or asking for its status, peers' replicas).
     Results(futures_channel::oneshot::Sender<Vec<Result<(), StoreError>>>),
     /// The flusher answers: one `(request id, arrival)` per insert, replies appended to the
     /// connection's outbox and written at once. The connection's task is not woken for them
@@ -853,7 +855,9 @@ async fn serve_peer(core: Rc<Core>, mut stream: PeerStream, pending: Vec<u8>) {
     }
 }
 
-/// Drains the queue into one store batch per round, off the executor.
+/// Drains the queue into one store batch per round (fsync off the executor), then hands each
+/// job its results — or, for inserts handed over with their connection's outbox, encodes their
+/// replies and writes them to the client ([`Core::answer`]).
 async fn flusher(core: Rc<Core>, wake: LocalReceiver<()>) {
     while wake.recv().await.is_some() {
         loop {
@@ -1125,6 +1129,27 @@ pub async fn run_core(
     let deadline = Instant::now() + Duration::from_secs(30);
     while (!core.queue.borrow().is_empty() || core.in_flight.get()) && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Past the deadline, what is still queued is abandoned: waiting tasks get errors, and
+    // connections whose inserts the flusher was to answer close unanswered.
+    for job in core.queue.take() {
+        if let Done::Answer {
+            out,
+            watch,
+            requests,
+        } = job.done
+        {
+            core.m.commit_queue.sub(requests.len() as i64);
+            let mut o = out.borrow_mut();
+            o.handed = false;
+            o.broken = true;
+            let waiter = o.waiter.take();
+            drop(o);
+            match waiter {
+                Some(w) => w.wake(),
+                None => watch.ready.nudge(),
+            }
+        }
     }
     drop(flusher_task);
     drop(poller_task);
@@ -1451,6 +1476,12 @@ impl Conn {
     /// Waits until the flusher has answered the inserts this connection handed it, then
     /// writes what the socket did not take at once. False when the connection is unusable.
     async fn settle(&mut self) -> bool {
+        self.answered().await && self.write_unsent().await
+    }
+
+    /// Waits until the flusher has answered the inserts this connection handed it (their
+    /// replies are then in the outbox, written or not). False when its write failed.
+    async fn answered(&mut self) -> bool {
         let out = &self.out;
         std::future::poll_fn(|cx| {
             let mut o = out.borrow_mut();
@@ -1461,10 +1492,7 @@ impl Conn {
             std::task::Poll::Pending
         })
         .await;
-        if self.out.borrow().broken {
-            return false;
-        }
-        self.write_unsent().await
+        !self.out.borrow().broken
     }
 
     /// Decrypts every complete `NOISE_DATA` frame of `cipher_in` onto the end of `rbuf`.
@@ -1504,7 +1532,8 @@ impl Conn {
     /// The encrypted channel broke: say so in plaintext (the client cannot decrypt anything
     /// now) and close.
     async fn fail_channel(&mut self) {
-        if !self.settle().await {
+        // Sealed replies the flusher left unwritten still go first (one write takes both).
+        if !self.answered().await {
             return;
         }
         {
@@ -1600,7 +1629,8 @@ impl Conn {
     }
 
     async fn frame_timed_out(&mut self) {
-        if !self.settle().await {
+        // Behind any replies the flusher left unwritten (one write takes both).
+        if !self.answered().await {
             return;
         }
         let _ = self.reject(0, ErrorCode::Timeout, "frame not completed in time".into());
@@ -2000,7 +2030,7 @@ impl Conn {
     }
 
     /// Commits the inserts read so far that this node is responsible for, as one group
-    /// (replicated), and writes their replies.
+    /// (replicated), and encodes their replies.
     async fn commit_local(&mut self) {
         if self.pending.is_empty() {
             return;
