@@ -8,8 +8,9 @@
 #   benches/ab.sh OLD_TARND NEW_TARND
 #   ROUNDS=5 SECS=4 PROFILES="50x1:50 50x16:50" benches/ab.sh /tmp/tarnd-old "$CARGO_TARGET_DIR/release/tarnd"
 #
-# Profile syntax as compare.sh: CONNSxPIPELINE:INSERT_PCT. Both get 100 000 keys preloaded and
-# the default durability (WAL periodic).
+# Profile syntax as compare.sh: CONNSxPIPELINE:INSERT_PCT. Both get fresh servers per profile
+# with 100 000 keys preloaded, the default durability (WAL periodic) and an index sized for the
+# fresh keys the inserts write (INDEX_BYTES, 4 GiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: $0 OLD_TARND NEW_TARND" >&2; exit 2; }
@@ -23,8 +24,9 @@ cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done;
 trap cleanup EXIT
 
 start() { # side binary
-  taskset -c "$SERVER_CPU" "$2" --data-dir "$work/$1" --listen 127.0.0.1:0 --metrics-listen off \
-    --cores 1 --log warn > "$work/$1.out" 2> "$work/$1.err" &
+  rm -rf "${work:?}/$1"
+  taskset -c "$SERVER_CPU" "$2" --config "$work/tarnd.conf" --data-dir "$work/$1" --listen 127.0.0.1:0 \
+    --metrics-listen off --cores 1 --log warn > "$work/$1.out" 2> "$work/$1.err" &
   pids+=($!); echo $! > "$work/$1.pid"
   for _ in $(seq 1 100); do grep -q "tarnd ready" "$work/$1.out" 2>/dev/null && break; sleep 0.1; done
   grep -q "tarnd ready" "$work/$1.out" || { cat "$work/$1.err" >&2; exit 1; }
@@ -32,9 +34,14 @@ start() { # side binary
   taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$(cat "$work/$1.addr")" --keys "$KEYS" \
     --value-bytes "$VALUE" --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
 }
+stop() { # side
+  kill -TERM "$(cat "$work/$1.pid")" 2>/dev/null || true
+  wait "$(cat "$work/$1.pid")" 2>/dev/null || true
+}
+# Inserts write fresh keys (tarn-load): the index holds them all, as in compare.sh.
+printf 'index_bytes = %s\n' "${INDEX_BYTES:-4294967296}" > "$work/tarnd.conf"
 # shellcheck source=settle.sh
 . benches/settle.sh
-start a "$1"; start b "$2"
 echo "A: $1"; echo "B: $2"
 # B/A is the ratio of the medians; pair_B/A is the median of each round's B/A against the A
 # run just before it, which cancels slow drifts of the host's speed (cpu: the same for CPU/op).
@@ -42,6 +49,8 @@ printf '%-10s %12s %12s %7s %12s %12s %10s %10s\n' profile A_ops B_ops B/A A_cpu
 for prof in $PROFILES; do
   cp=${prof%%:*}; pct=${prof##*:}; conns=${cp%%x*}; pipe=${cp##*x}
   : > "$work/rounds"
+  # Fresh, preloaded servers per profile: each starts from the same state.
+  start a "$1"; start b "$2"
   for _ in $(seq 1 "$ROUNDS"); do
     for side in a b; do
       out=$(taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$(cat "$work/$side.addr")" \
@@ -53,6 +62,7 @@ for prof in $PROFILES; do
       python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('$side', d['ops_per_sec'], (d.get('server_cpu_us_per_op') or 0) + $after / max(d['ops'], 1))" "$out" >> "$work/rounds"
     done
   done
+  stop a; stop b
   python3 - "$prof" "$work/rounds" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[2])]

@@ -10,6 +10,8 @@
 # appendfsync everysec; tarnd with its default WAL policy (written per acknowledged insert,
 # synced every second). NOPERSIST=1 runs the upper-bound pair instead (redis without AOF,
 # tarnd with wal=disabled). TARND=PATH runs another tarnd build (e.g. an A/B of a change).
+# Each profile gets fresh servers preloaded with KEYS keys; tarn-load's inserts write fresh
+# keys (one value per key, like SET), and tarnd's index is sized to hold them (INDEX_BYTES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,7 @@ VALUE=${VALUE:-300}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 NOPERSIST=${NOPERSIST:-0}
+INDEX_BYTES=${INDEX_BYTES:-4294967296}
 
 command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 ops/scripts/setup-host.sh
@@ -36,7 +39,6 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rport=$(free_port); tport=$(free_port)
 
 if [ "$NOPERSIST" = 1 ]; then
   redis_persist=(--appendonly no --save "")
@@ -45,15 +47,37 @@ else
   redis_persist=(--appendonly yes --appendfsync everysec --save "")
   tarn_wal=periodic
 fi
-taskset -c "$SERVER_CPU" redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" "${redis_persist[@]}" \
-  --daemonize no --logfile "$work/redis.log" &
-rpid=$!; pids+=("$rpid")
-taskset -c "$SERVER_CPU" "${TARND:-$B/tarnd}" --data-dir "$work/tarn" --listen "127.0.0.1:$tport" --metrics-listen off \
-  --cores 1 --wal "$tarn_wal" --log warn > "$work/tarnd.out" 2> "$work/tarnd.err" &
-tpid=$!; pids+=("$tpid")
-for _ in $(seq 1 100); do grep -q "tarnd ready" "$work/tarnd.out" 2>/dev/null && break; sleep 0.1; done
-grep -q "tarnd ready" "$work/tarnd.out" || { cat "$work/tarnd.err" >&2; exit 1; }
-for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# Every insert writes a fresh key (tarn-load), so the keys grow through a profile on both
+# servers; tarnd's index (its memory-resident read path, as redis keeps every key in memory)
+# is sized to hold them all rather than retiring the epoch to RocksDB mid-run.
+printf 'index_bytes = %s\n' "$INDEX_BYTES" > "$work/tarnd.conf"
+
+# Fresh servers for each profile, both preloaded with every key so retrieves hit: every
+# profile starts from the same state whatever ran before it.
+start_servers() {
+  local d="$work/run"
+  mkdir -p "$d"
+  rport=$(free_port); tport=$(free_port)
+  taskset -c "$SERVER_CPU" redis-server --port "$rport" --bind 127.0.0.1 --dir "$d" "${redis_persist[@]}" \
+    --daemonize no --logfile "$d/redis.log" &
+  rpid=$!; pids+=("$rpid")
+  taskset -c "$SERVER_CPU" "${TARND:-$B/tarnd}" --config "$work/tarnd.conf" --data-dir "$d/tarn" \
+    --listen "127.0.0.1:$tport" --metrics-listen off --cores 1 --wal "$tarn_wal" --log warn \
+    > "$d/tarnd.out" 2> "$d/tarnd.err" &
+  tpid=$!; pids+=("$tpid")
+  for _ in $(seq 1 100); do grep -q "tarnd ready" "$d/tarnd.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q "tarnd ready" "$d/tarnd.out" || { cat "$d/tarnd.err" >&2; exit 1; }
+  for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  taskset -c "$LOAD_CPU" "$B/tarn-load" --target "redis://127.0.0.1:$rport" --keys "$KEYS" --value-bytes "$VALUE" \
+    --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
+  taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://127.0.0.1:$tport" --keys "$KEYS" --value-bytes "$VALUE" \
+    --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
+}
+stop_servers() {
+  kill "$rpid" "$tpid" 2>/dev/null || true
+  wait "$rpid" "$tpid" 2>/dev/null || true
+  rm -rf "$work/run"
+}
 
 load() { # target pid conns pipeline insert_pct
   taskset -c "$LOAD_CPU" "$B/tarn-load" --target "$1" --server-pid "$2" --conns "$3" --pipeline "$4" \
@@ -63,25 +87,21 @@ load() { # target pid conns pipeline insert_pct
 . benches/settle.sh
 json() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv[2]])" "$1" "$2"; }
 
-# Preload both with every key, so retrieves hit.
-taskset -c "$LOAD_CPU" "$B/tarn-load" --target "redis://127.0.0.1:$rport" --keys "$KEYS" --value-bytes "$VALUE" \
-  --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
-taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://127.0.0.1:$tport" --keys "$KEYS" --value-bytes "$VALUE" \
-  --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
-
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 echo "durability: $([ "$NOPERSIST" = 1 ] && echo 'none (redis no AOF, tarnd wal=disabled)' || echo 'redis AOF everysec, tarnd wal=periodic (1 s)')"
-echo "rounds: $ROUNDS x ${SECS}s, interleaved; value ${VALUE} B; ${KEYS} keys preloaded"
+echo "rounds: $ROUNDS x ${SECS}s, interleaved; value ${VALUE} B; ${KEYS} keys preloaded (fresh servers per profile); inserts write fresh keys; tarnd index_bytes $INDEX_BYTES"
 printf '%-10s %-6s %12s %12s %7s %9s %9s %9s %9s\n' profile ins% tarn_ops redis_ops ratio tarn_p50 redis_p50 tarn_p99 redis_p99
 for prof in $PROFILES; do
   cp=${prof%%:*}; pct=${prof##*:}; conns=${cp%%x*}; pipe=${cp##*x}
   t_ops=(); r_ops=(); t_p50=(); r_p50=(); t_p99=(); r_p99=()
+  start_servers
   for _ in $(seq 1 "$ROUNDS"); do
     out=$(load "tarn://127.0.0.1:$tport" "$tpid" "$conns" "$pipe" "$pct"); settle "$tpid" >/dev/null
     t_ops+=("$(json "$out" ops_per_sec)"); t_p50+=("$(json "$out" p50_us)"); t_p99+=("$(json "$out" p99_us)")
     out=$(load "redis://127.0.0.1:$rport" "$rpid" "$conns" "$pipe" "$pct"); settle "$rpid" >/dev/null
     r_ops+=("$(json "$out" ops_per_sec)"); r_p50+=("$(json "$out" p50_us)"); r_p99+=("$(json "$out" p99_us)")
   done
+  stop_servers
   med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
   tm=$(med "${t_ops[@]}"); rm_=$(med "${r_ops[@]}")
   printf '%-10s %-6s %12.0f %12.0f %7.2f %9s %9s %9s %9s\n' "$cp" "$pct" "$tm" "$rm_" \

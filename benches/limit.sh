@@ -18,8 +18,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-taskset -c "$SERVER_CPU" "${TARND:-$B/tarnd}" --data-dir "$work/tarn" --listen 127.0.0.1:0 --metrics-listen off \
-  --cores 1 --log warn > "$work/tarnd.out" 2> "$work/tarnd.err" &
+# Inserts write fresh keys (tarn-load): the index holds them all, as in compare.sh.
+printf 'index_bytes = %s\n' "${INDEX_BYTES:-4294967296}" > "$work/tarnd.conf"
+taskset -c "$SERVER_CPU" "${TARND:-$B/tarnd}" --config "$work/tarnd.conf" --data-dir "$work/tarn" \
+  --listen 127.0.0.1:0 --metrics-listen off --cores 1 --log warn > "$work/tarnd.out" 2> "$work/tarnd.err" &
 tpid=$!; pids+=("$tpid")
 taskset -c "$SERVER_CPU" "$B/limit-server" --listen 127.0.0.1:0 > "$work/limit.out" &
 lpid=$!; pids+=("$lpid")

@@ -130,3 +130,50 @@ fn refused_inserts_count_as_errors() {
     assert_eq!(v["ops"], 100);
     assert_eq!(v["errors"], 0, "{v}");
 }
+
+#[test]
+fn inserts_write_fresh_keys_and_leave_the_preloaded_ones_at_one_value() {
+    // Equal work with SET/GET: tarnd keeps up to 8 values per key where SET overwrites, so
+    // the load's inserts must never reuse a key — not the preloaded ones, not another run's.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let target = format!("tarn://{}", node.addr);
+    let base = [
+        "--target",
+        &target,
+        "--keys",
+        "20",
+        "--conns",
+        "4",
+        "--pipeline",
+        "4",
+    ];
+    let v = load(
+        &[
+            &base[..],
+            &["--preload", "--insert-pct", "0", "--count", "1"],
+        ]
+        .concat(),
+    );
+    assert_eq!(v["errors"], 0);
+    for _ in 0..2 {
+        let v = load(&[&base[..], &["--insert-pct", "100", "--count", "1000"]].concat());
+        assert_eq!(v["errors"], 0);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = node.client().await;
+        let status = c.status().await.unwrap();
+        let e = status.now_epoch;
+        let records: u64 = status.epochs.iter().map(|s| s.records).sum();
+        assert_eq!(records, 20 + 2 * 1000, "every insert stored once");
+        for i in 0..20u64 {
+            match c.retrieve(e, tarn_tests::key(i)).await.unwrap() {
+                tarn_proto::msg::RetrieveReply::Found(values) => {
+                    assert_eq!(values.len(), 1, "preloaded key {i}")
+                }
+                other => panic!("preloaded key {i}: {other:?}"),
+            }
+        }
+    });
+}

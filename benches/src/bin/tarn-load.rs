@@ -3,8 +3,12 @@
 //!
 //! Each of `--conns` connections keeps `--pipeline` requests in flight; a request is an INSERT
 //! (Redis: SET) with probability `--insert-pct`, else a RETRIEVE (GET) of a key drawn uniformly
-//! from `--keys` keys. Latency is measured per request from send to reply into an HdrHistogram.
-//! The run stops after `--duration` or `--count` requests, whichever comes first.
+//! from `--keys` keys (those `--preload` writes). Every insert writes a key never written
+//! before (derived from a per-run nonce, the connection and a counter), so each key holds one
+//! value on both servers: tarnd keeps up to 8 values per key where SET overwrites, and reusing
+//! keys would make its sets and replies grow through a run. Latency is measured per request
+//! from send to reply into an HdrHistogram. The run stops after `--duration` or `--count`
+//! requests, whichever comes first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,7 +46,7 @@ struct Args {
     /// Percentage of requests that are inserts (the rest are retrieves).
     #[arg(long, default_value_t = 50)]
     insert_pct: u32,
-    /// Size of the key space.
+    /// Keys that retrieves read (and `--preload` writes); inserts write fresh keys.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
     /// Insert every key once before measuring.
@@ -99,6 +103,8 @@ struct Shared {
     proto: Proto,
     addr: String,
     keys: Vec<Key>,
+    /// Makes this run's fresh insert keys differ from every other run's.
+    nonce: u64,
     value: Vec<u8>,
     epoch: Epoch,
     /// Request frames encoded once, patched per request (tarn only).
@@ -153,6 +159,7 @@ async fn run(args: Args, proto: Proto, addr: String) -> anyhow::Result<()> {
         Proto::Redis => None,
     };
     let shared = Arc::new(Shared {
+        nonce: rand::random(),
         value,
         args: args.clone(),
         proto,
@@ -252,7 +259,7 @@ async fn preload(shared: &Arc<Shared>) -> anyhow::Result<()> {
             let mut conn = Conn::open(&s).await?;
             for batch in chunk.chunks(64) {
                 for (j, k) in batch.iter().enumerate() {
-                    conn.send(&s, true, *k, j as u64)?;
+                    conn.send(&s, true, &s.keys[*k], j as u64)?;
                 }
                 conn.flush().await?;
                 for _ in batch {
@@ -370,8 +377,8 @@ impl Conn {
         Ok(c)
     }
 
-    fn send(&mut self, s: &Shared, insert: bool, key_idx: usize, id: u64) -> anyhow::Result<()> {
-        let key = s.keys[key_idx];
+    fn send(&mut self, s: &Shared, insert: bool, key: &Key, id: u64) -> anyhow::Result<()> {
+        let key = *key;
         match s.proto {
             Proto::Tarn if s.templates.is_some() => {
                 if let Some(t) = &s.templates {
@@ -535,6 +542,16 @@ impl InFlight {
     }
 }
 
+/// The `n`th fresh insert key of connection `conn` in the run with `nonce`.
+fn fresh_key(nonce: u64, conn: u64, n: u64) -> Key {
+    let mut h = blake3::Hasher::new();
+    h.update(b"tarn-load fresh key");
+    h.update(&nonce.to_le_bytes());
+    h.update(&conn.to_le_bytes());
+    h.update(&n.to_le_bytes());
+    Key(*h.finalize().as_bytes())
+}
+
 async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut rng =
@@ -543,6 +560,7 @@ async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>
     let mut inflight = InFlight::default();
     let mut done = 0u64;
     let mut id = 1u64;
+    let mut fresh = 0u64;
     let limit = s.args.count;
     // Open loop: this connection's share of the rate, first send staggered across connections.
     let interval = s
@@ -571,8 +589,13 @@ async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>
                 break;
             }
             let insert = rng.gen_range(0..100) < s.args.insert_pct;
-            let k = rng.gen_range(0..s.keys.len());
-            conn.send(&s, insert, k, id)?;
+            let key = if insert {
+                fresh += 1;
+                fresh_key(s.nonce, seed, fresh)
+            } else {
+                s.keys[rng.gen_range(0..s.keys.len())]
+            };
+            conn.send(&s, insert, &key, id)?;
             inflight.push(s.proto, id, intended);
             id += 1;
         }
