@@ -259,7 +259,7 @@ async fn preload(shared: &Arc<Shared>) -> anyhow::Result<()> {
             let mut conn = Conn::open(&s).await?;
             for batch in chunk.chunks(64) {
                 for (j, k) in batch.iter().enumerate() {
-                    conn.send(&s, true, &s.keys[*k], j as u64)?;
+                    conn.send(&s, true, s.keys[*k], j as u64)?;
                 }
                 conn.flush().await?;
                 for _ in batch {
@@ -377,8 +377,7 @@ impl Conn {
         Ok(c)
     }
 
-    fn send(&mut self, s: &Shared, insert: bool, key: &Key, id: u64) -> anyhow::Result<()> {
-        let key = *key;
+    fn send(&mut self, s: &Shared, insert: bool, key: Key, id: u64) -> anyhow::Result<()> {
         match s.proto {
             Proto::Tarn if s.templates.is_some() => {
                 if let Some(t) = &s.templates {
@@ -595,7 +594,7 @@ async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>
             } else {
                 s.keys[rng.gen_range(0..s.keys.len())]
             };
-            conn.send(&s, insert, &key, id)?;
+            conn.send(&s, insert, key, id)?;
             inflight.push(s.proto, id, intended);
             id += 1;
         }

@@ -179,6 +179,28 @@ impl Outbox {
         true
     }
 
+    /// Marks the connection unusable: nothing more of it is written.
+    fn break_off(&mut self) {
+        self.broken = true;
+        self.unsent.clear();
+    }
+
+    /// Ends a hand-over to the flusher: the connection may add replies again. Its task is
+    /// woken if it waits for this, else its read is nudged when replies are left unwritten or
+    /// the outbox broke (it has to see to them before it waits for anything else).
+    fn hand_back(out: &RefCell<Outbox>, watch: &Watch) {
+        let mut o = out.borrow_mut();
+        o.handed = false;
+        let left = o.broken || !o.unsent.is_empty();
+        let waiter = o.waiter.take();
+        drop(o);
+        match waiter {
+            Some(w) => w.wake(),
+            None if left => watch.ready.nudge(),
+            None => {}
+        }
+    }
+
     /// Gives back memory a burst made the buffers take.
     fn shrink(&mut self) {
         if self.wbuf.capacity() > MAX_KEPT_BUF {
@@ -411,7 +433,6 @@ impl Core {
             let reply = self.insert_reply(arrived, r);
             encode_reply(request_id, &reply, &mut o.wbuf);
         }
-        o.handed = false;
         let written = if o.seal() {
             // SAFETY: the connection keeps its socket open while it has inserts with the
             // flusher (`Conn::settle` runs before it closes).
@@ -422,19 +443,10 @@ impl Core {
         };
         match written {
             Some(n) => drop(o.unsent.drain(..n)),
-            None => {
-                o.broken = true;
-                o.unsent.clear();
-            }
+            None => o.break_off(),
         }
-        let left = o.broken || !o.unsent.is_empty();
-        let waiter = o.waiter.take();
         drop(o);
-        match waiter {
-            Some(w) => w.wake(),
-            None if left => watch.ready.nudge(),
-            None => {}
-        }
+        Outbox::hand_back(out, watch);
     }
 
     /// Whether this node's writes have no replicas to reach (its store is the only copy).
@@ -1140,15 +1152,8 @@ pub async fn run_core(
         } = job.done
         {
             core.m.commit_queue.sub(requests.len() as i64);
-            let mut o = out.borrow_mut();
-            o.handed = false;
-            o.broken = true;
-            let waiter = o.waiter.take();
-            drop(o);
-            match waiter {
-                Some(w) => w.wake(),
-                None => watch.ready.nudge(),
-            }
+            out.borrow_mut().break_off();
+            Outbox::hand_back(&out, &watch);
         }
     }
     drop(flusher_task);

@@ -139,6 +139,10 @@ impl Ready {
         if flags.intersects(F::OUT | F::HUP | F::ERR) {
             self.writable.set(true);
         }
+        self.wake();
+    }
+
+    fn wake(&self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -148,9 +152,7 @@ impl Ready {
     /// the owner can see to something else its socket waits for (replies left to write).
     pub fn nudge(&self) {
         self.nudged.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+        self.wake();
     }
 
     fn wait<'a>(&'a self, flag: &'a Cell<bool>) -> impl Future<Output = ()> + 'a {
