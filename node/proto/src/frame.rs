@@ -228,11 +228,7 @@ pub fn parse_frame(buf: &[u8], max_body: u32) -> Result<Parsed<'_>, FrameError> 
 
 /// Appends the frame for `msg` with `request_id` to `out`.
 pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
-    let kind = msg.kind();
-    let body_start = out.len();
-    let result = match msg {
+    encode_with(request_id, msg.kind(), out, |out| match msg {
         Message::Hello(m) => archive(m, out),
         Message::HelloAck(m) => archive(m, out),
         Message::Insert(m) => archive(m, out),
@@ -248,8 +244,32 @@ pub fn encode(request_id: u64, msg: &Message, out: &mut Vec<u8>) -> Result<(), E
         Message::NodeListReply(m) => archive(m, out),
         Message::StatusReply(m) => archive(m, out),
         Message::Error(m) => archive(m, out),
-    };
-    if let Err(reason) = result {
+    })
+}
+
+/// Appends a RETRIEVE reply frame built from borrowed values: the bytes [`encode`] writes for
+/// the owned [`msg::RetrieveReply`] with the same values.
+pub fn encode_retrieve_reply(
+    request_id: u64,
+    reply: &msg::RetrieveReplyRef<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    encode_with(request_id, Kind::RetrieveReply, out, |out| {
+        archive(reply, out)
+    })
+}
+
+/// Appends a frame of `kind` whose body `body` appends; fills in the header after it.
+fn encode_with(
+    request_id: u64,
+    kind: Kind,
+    out: &mut Vec<u8>,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let body_start = out.len();
+    if let Err(reason) = body(out) {
         out.truncate(start);
         return Err(EncodeError::Body { kind, reason });
     }
@@ -406,6 +426,50 @@ mod tests {
         assert_eq!(f.header.request_id, 42);
         assert_eq!(f.wire_len(), buf.len() - 3);
         assert_eq!(Decoder::new().decode(&f).unwrap(), insert());
+    }
+
+    #[test]
+    fn a_borrowed_retrieve_reply_encodes_to_the_owned_ones_bytes() {
+        let sets: [Vec<Vec<u8>>; 4] = [
+            vec![vec![7; 300]],
+            vec![vec![], vec![1], vec![2; 3], vec![3; 1024]],
+            (0..8u8).map(|i| vec![i; 17 * i as usize]).collect(),
+            vec![vec![0xab; 65]; 2],
+        ];
+        for (i, values) in sets.iter().enumerate() {
+            for misalign in 0..3 {
+                let mut owned = vec![0xee; misalign];
+                let mut borrowed = owned.clone();
+                let reply = RetrieveReply::Found(values.clone());
+                encode(i as u64, &Message::RetrieveReply(reply.clone()), &mut owned).unwrap();
+                let refs = values.iter().map(|v| ValueRef(v)).collect();
+                let by_ref = RetrieveReplyRef::Found(refs);
+                encode_retrieve_reply(i as u64, &by_ref, &mut borrowed).unwrap();
+                assert_eq!(owned, borrowed);
+                let Parsed::Frame(f) =
+                    parse_frame(&borrowed[misalign..], DEFAULT_MAX_BODY).unwrap()
+                else {
+                    panic!("incomplete")
+                };
+                assert_eq!(
+                    Decoder::new().decode(&f).unwrap(),
+                    Message::RetrieveReply(reply)
+                );
+            }
+        }
+        for (owned, by_ref) in [
+            (RetrieveReply::NotFound, RetrieveReplyRef::NotFound),
+            (
+                RetrieveReply::Failed(FailCause::Overloaded),
+                RetrieveReplyRef::Failed(FailCause::Overloaded),
+            ),
+        ] {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            encode(9, &Message::RetrieveReply(owned), &mut a).unwrap();
+            encode_retrieve_reply(9, &by_ref, &mut b).unwrap();
+            assert_eq!(a, b);
+        }
     }
 
     #[test]

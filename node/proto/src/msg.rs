@@ -230,6 +230,43 @@ pub enum RetrieveReply {
     Failed(FailCause),
 }
 
+/// A [`RetrieveReply`] whose values are borrowed from where they are held, archived to exactly
+/// the same bytes: a node encodes its reply straight from its store
+/// ([`crate::frame::encode_retrieve_reply`]) instead of copying every value into a vector of
+/// its own first.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize)]
+#[rkyv(as = ArchivedRetrieveReply)]
+pub enum RetrieveReplyRef<'a> {
+    /// See [`RetrieveReply::Found`].
+    Found(Vec<ValueRef<'a>>),
+    /// See [`RetrieveReply::NotFound`].
+    NotFound,
+    /// See [`RetrieveReply::Failed`].
+    Failed(FailCause),
+}
+
+/// A value borrowed from where it is held, archived as the `Vec<u8>` of its owned form.
+#[derive(Clone, Copy, Debug)]
+pub struct ValueRef<'a>(pub &'a [u8]);
+
+impl rkyv::Archive for ValueRef<'_> {
+    type Archived = rkyv::vec::ArchivedVec<u8>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<S> rkyv::Serialize<S> for ValueRef<'_>
+where
+    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::serialize_from_slice(self.0, serializer)
+    }
+}
+
 /// Reply to TIME_SYNC (seed §6.3).
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TimeReply {

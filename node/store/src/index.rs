@@ -208,7 +208,8 @@ impl LiveIndex {
         }
     }
 
-    /// The key's set, decoded by `read`, when the index is authoritative for `epoch`.
+    /// The key's set, passed to `read` (which runs at most once, under the key's shard lock),
+    /// when the index is authoritative for `epoch`.
     pub(crate) fn get<T>(
         &self,
         epoch: Epoch,
@@ -222,8 +223,9 @@ impl LiveIndex {
             return Lookup::Unknown;
         }
         let found = idx.map.get(key).map(|set| read(&set));
-        // Re-check: an overflow that cleared the map during the read must not look like a miss.
-        if !idx.complete.load(Ordering::Acquire) {
+        // A retirement clears the map only after marking it incomplete, so a set found is
+        // whole; a miss is re-checked, since the clearing may be what made it.
+        if found.is_none() && !idx.complete.load(Ordering::Acquire) {
             return Lookup::Unknown;
         }
         Lookup::Known(found)

@@ -9,7 +9,8 @@ use tarn_proto::{Epoch, Id, Key};
 use crate::store::{
     ring_ranges, DropReport, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
 };
-use crate::{valueset, StampedValue, StoreError};
+use crate::valueset::{self, Values};
+use crate::StoreError;
 
 #[derive(Debug, Default)]
 struct State {
@@ -61,12 +62,16 @@ impl Store for MemoryStore {
         results
     }
 
-    fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError> {
+    fn get_with(
+        &self,
+        epoch: Epoch,
+        key: &Key,
+        read: &mut dyn FnMut(Values<'_>),
+    ) -> Result<(), StoreError> {
         let st = self.state();
-        match st.partitions.get(&epoch).and_then(|p| p.get(key)) {
-            Some(bytes) => valueset::decode(bytes).map_err(StoreError::from),
-            None => Ok(Vec::new()),
-        }
+        let bytes = st.partitions.get(&epoch).and_then(|p| p.get(key));
+        read(Values::parse(bytes.map_or(&[][..], |b| b.as_slice()))?);
+        Ok(())
     }
 
     fn prepare_epochs(&self, from: Epoch, to: Epoch) -> Result<(), StoreError> {

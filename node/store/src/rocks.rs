@@ -46,7 +46,8 @@ use crate::journal;
 use crate::store::{
     ring_ranges, DropReport, EngineStat, Ledger, Limits, PutItem, ScanVisitor, Store, StoreStats,
 };
-use crate::{valueset, EpochStats, StampedValue, StoreError};
+use crate::valueset::{self, Values};
+use crate::{EpochStats, StoreError};
 
 type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 
@@ -603,18 +604,36 @@ impl Store for RocksStore {
         results
     }
 
-    fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError> {
-        match self.index.get(epoch, key, valueset::decode) {
-            Lookup::Known(None) => return Ok(Vec::new()),
-            Lookup::Known(Some(set)) => return set.map_err(StoreError::from),
+    fn get_with(
+        &self,
+        epoch: Epoch,
+        key: &Key,
+        read: &mut dyn FnMut(Values<'_>),
+    ) -> Result<(), StoreError> {
+        let known = self
+            .index
+            .get(epoch, key, |set| Values::parse(set).map(&mut *read));
+        match known {
+            Lookup::Known(Some(done)) => return done.map_err(StoreError::from),
+            Lookup::Known(None) => {
+                read(Values::default());
+                return Ok(());
+            }
             Lookup::Unknown => {}
         }
         let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
-            return Ok(Vec::new());
+            read(Values::default());
+            return Ok(());
         };
         match self.db.get_pinned_cf(&cf, key.0) {
-            Ok(Some(bytes)) => valueset::decode(&bytes).map_err(StoreError::from),
-            Ok(None) => Ok(Vec::new()),
+            Ok(Some(bytes)) => {
+                read(Values::parse(&bytes)?);
+                Ok(())
+            }
+            Ok(None) => {
+                read(Values::default());
+                Ok(())
+            }
             Err(e) => Err(StoreError::engine("get", e)),
         }
     }

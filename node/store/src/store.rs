@@ -5,6 +5,7 @@ use std::ops::ControlFlow;
 
 use tarn_proto::{Epoch, Id, Key};
 
+use crate::valueset::Values;
 use crate::{StampedValue, StoreError};
 
 /// Limits a store enforces.
@@ -96,8 +97,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         .expect("one result per item")
     }
 
-    /// The values under `(epoch, key)`, highest order first, at most `max_values_per_key`.
-    fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError>;
+    /// Calls `read` with the values under `(epoch, key)`, highest order first (empty when
+    /// nothing is stored), borrowed from where the backend holds them, so a reply can be
+    /// encoded from them without copying them first. `read` is called once when the read
+    /// succeeds and not at all when it fails; it may run while the backend holds the key's
+    /// shard of its memory-resident index, so it must not call into the store.
+    fn get_with(
+        &self,
+        epoch: Epoch,
+        key: &Key,
+        read: &mut dyn FnMut(Values<'_>),
+    ) -> Result<(), StoreError>;
+
+    /// The values under `(epoch, key)`, highest order first, copied out.
+    fn get(&self, epoch: Epoch, key: &Key) -> Result<Vec<StampedValue>, StoreError> {
+        let mut out = Vec::new();
+        self.get_with(epoch, key, &mut |values| out = values.to_stamped())?;
+        Ok(out)
+    }
 
     /// Creates partitions for `from..=to` ahead of time (skipping expired ones), so the request
     /// path never has to.

@@ -86,6 +86,53 @@ fn entries(bytes: &[u8]) -> impl Iterator<Item = Result<Entry<'_>, CorruptValueS
     })
 }
 
+/// The values of an encoded set, borrowed where the set is held and checked whole when made:
+/// a reply can be encoded from them without copying each value into a vector of its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Values<'a> {
+    bytes: &'a [u8],
+    len: usize,
+}
+
+impl<'a> Values<'a> {
+    /// Checks an encoded set (an empty slice is the empty set).
+    pub fn parse(bytes: &'a [u8]) -> Result<Values<'a>, CorruptValueSet> {
+        let mut len = 0;
+        for e in entries(bytes) {
+            e?;
+            len += 1;
+        }
+        Ok(Values { bytes, len })
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The values, highest order first.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        // Checked in `parse`: every entry decodes.
+        entries(self.bytes).map_while(Result::ok).map(|e| e.value)
+    }
+
+    /// The values with their stamps, copied out.
+    pub fn to_stamped(&self) -> Vec<StampedValue> {
+        entries(self.bytes)
+            .map_while(Result::ok)
+            .map(|e| StampedValue {
+                stamp: e.stamp,
+                value: e.value.to_vec(),
+            })
+            .collect()
+    }
+}
+
 /// Decodes a set, highest order first.
 pub fn decode(bytes: &[u8]) -> Result<Vec<StampedValue>, CorruptValueSet> {
     entries(bytes)
@@ -205,6 +252,28 @@ mod tests {
         assert_eq!(
             got.iter().map(|v| v.stamp).collect::<Vec<_>>(),
             vec![5, 4, 3]
+        );
+    }
+
+    #[test]
+    fn values_borrow_what_decode_copies() {
+        let set = merge(
+            [one(1, b"a"), one(2, b"bb"), one(3, b"")]
+                .iter()
+                .map(|p| p.as_slice()),
+            8,
+        );
+        let values = Values::parse(&set).unwrap();
+        assert_eq!(values.len(), 3);
+        assert_eq!(values.to_stamped(), decode(&set).unwrap());
+        let borrowed: Vec<&[u8]> = values.iter().collect();
+        assert_eq!(borrowed, [&b""[..], b"bb", b"a"]);
+        assert!(Values::parse(&[]).unwrap().is_empty());
+        let mut corrupt = set.clone();
+        corrupt.push(7);
+        assert_eq!(
+            Values::parse(&corrupt).unwrap_err(),
+            decode(&corrupt).unwrap_err()
         );
     }
 
