@@ -140,7 +140,8 @@ impl LiveIndex {
                 after = set.len() as u64;
             })
             .or_insert_with(|| {
-                let mut set = Vec::new();
+                // A new key's set is usually the operand itself: no growth on the way.
+                let mut set = Vec::with_capacity(operand.len());
                 valueset::merge_into(&mut set, operand, max_values);
                 after = set.len() as u64 + ENTRY_OVERHEAD;
                 set
