@@ -1956,7 +1956,7 @@ impl Conn {
         // own); one read in GET_TIMING_EVERY times the store's lookup.
         let timed = core.time_this_get().then(Instant::now);
         let mut looked_up = None;
-        let mut found = false;
+        let (mut found, mut answered) = (false, false);
         let got = {
             let mut out = self.out.borrow_mut();
             debug_assert!(!out.handed, "a reply overtook inserts with the flusher");
@@ -1964,6 +1964,7 @@ impl Conn {
                 if timed.is_some() {
                     looked_up = Some(Instant::now());
                 }
+                answered = true;
                 found = !values.is_empty();
                 let reply = if found {
                     RetrieveReplyRef::Found(values.iter().map(ValueRef).collect())
@@ -1988,8 +1989,13 @@ impl Conn {
                     .requests
                     .with_label_values(&["retrieve", "internal"])
                     .inc();
-                let failed = RetrieveReply::Failed(FailCause::Internal);
-                self.reply(request_id, &Message::RetrieveReply(failed));
+                // A store fails before lending any value (`Store::get_with`); should one ever
+                // fail after, its reply is out already and a second must not follow.
+                debug_assert!(!answered, "the store failed after lending its values");
+                if !answered {
+                    let failed = RetrieveReply::Failed(FailCause::Internal);
+                    self.reply(request_id, &Message::RetrieveReply(failed));
+                }
             }
         }
         core.m

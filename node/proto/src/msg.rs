@@ -219,7 +219,7 @@ pub enum InsertReply {
     Failed(FailCause),
 }
 
-/// Reply to RETRIEVE.
+/// Reply to RETRIEVE. [`RetrieveReplyRef`] mirrors its variants in this order.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum RetrieveReply {
     /// The values under the key, newest order first.

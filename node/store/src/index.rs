@@ -197,7 +197,8 @@ impl LiveIndex {
 
     /// Retires every overflowed epoch: its reads go to the durable store from now on. The
     /// caller guarantees RocksDB holds every value of those epochs (no journal entry for them is
-    /// pending or being written).
+    /// pending or being written) and that no [`LiveIndex::merge`] runs meanwhile (the store's
+    /// write gate), so a set found afterwards is never one a merge began in the cleared map.
     pub(crate) fn retire_overflowed(&self) {
         let epochs = std::mem::take(&mut *self.to_retire.lock().unwrap_or_else(|p| p.into_inner()));
         for epoch in epochs {
@@ -224,8 +225,9 @@ impl LiveIndex {
             return Lookup::Unknown;
         }
         let found = idx.map.get(key).map(|set| read(&set));
-        // A retirement clears the map only after marking it incomplete, so a set found is
-        // whole; a miss is re-checked, since the clearing may be what made it.
+        // A set found is whole: a retirement runs only while no write merges (the store holds
+        // its write gate) and marks the epoch incomplete before it clears the map, so no merge
+        // can start a partial set after it. A miss is re-checked: the clearing may have made it.
         if found.is_none() && !idx.complete.load(Ordering::Acquire) {
             return Lookup::Unknown;
         }

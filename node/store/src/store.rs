@@ -100,8 +100,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Calls `read` with the values under `(epoch, key)`, highest order first (empty when
     /// nothing is stored), borrowed from where the backend holds them, so a reply can be
     /// encoded from them without copying them first. `read` is called once when the read
-    /// succeeds and not at all when it fails; it may run while the backend holds the key's
-    /// shard of its memory-resident index, so it must not call into the store.
+    /// succeeds and not at all when it fails; it may run while the backend holds a lock of its
+    /// own (a shard of its memory-resident index, or the whole store), so it must be short and
+    /// must not call into the store.
     fn get_with(
         &self,
         epoch: Epoch,
