@@ -90,20 +90,26 @@ json() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d[sys.arg
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); server on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 echo "durability: $([ "$NOPERSIST" = 1 ] && echo 'none (redis no AOF, tarnd wal=disabled)' || echo 'redis AOF everysec, tarnd wal=periodic (1 s)')"
 echo "rounds: $ROUNDS x ${SECS}s, interleaved; value ${VALUE} B; ${KEYS} keys preloaded (fresh servers per profile); inserts write fresh keys; tarnd index_bytes $INDEX_BYTES"
-printf '%-10s %-6s %12s %12s %7s %9s %9s %9s %9s\n' profile ins% tarn_ops redis_ops ratio tarn_p50 redis_p50 tarn_p99 redis_p99
+# ratio is tarnd's median over redis's; pair is the median of each round's tarnd/redis (the
+# two runs of a round are seconds apart), which cancels slow drifts of the host's speed. Each
+# round's figures go to stderr.
+printf '%-10s %-6s %12s %12s %7s %7s %9s %9s %9s %9s\n' profile ins% tarn_ops redis_ops ratio pair tarn_p50 redis_p50 tarn_p99 redis_p99
 for prof in $PROFILES; do
   cp=${prof%%:*}; pct=${prof##*:}; conns=${cp%%x*}; pipe=${cp##*x}
-  t_ops=(); r_ops=(); t_p50=(); r_p50=(); t_p99=(); r_p99=()
+  t_ops=(); r_ops=(); t_p50=(); r_p50=(); t_p99=(); r_p99=(); pairs=()
   start_servers
-  for _ in $(seq 1 "$ROUNDS"); do
+  for round in $(seq 1 "$ROUNDS"); do
     out=$(load "tarn://127.0.0.1:$tport" "$tpid" "$conns" "$pipe" "$pct"); settle "$tpid" >/dev/null
     t_ops+=("$(json "$out" ops_per_sec)"); t_p50+=("$(json "$out" p50_us)"); t_p99+=("$(json "$out" p99_us)")
     out=$(load "redis://127.0.0.1:$rport" "$rpid" "$conns" "$pipe" "$pct"); settle "$rpid" >/dev/null
     r_ops+=("$(json "$out" ops_per_sec)"); r_p50+=("$(json "$out" p50_us)"); r_p99+=("$(json "$out" p99_us)")
+    pairs+=("$(python3 -c "print(${t_ops[-1]}/${r_ops[-1]})")")
+    printf '%s round %s: tarnd %.0f ops/s, redis %.0f ops/s, %.2f\n' "$prof" "$round" \
+      "${t_ops[-1]}" "${r_ops[-1]}" "${pairs[-1]}" >&2
   done
   stop_servers
   med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
   tm=$(med "${t_ops[@]}"); rm_=$(med "${r_ops[@]}")
-  printf '%-10s %-6s %12.0f %12.0f %7.2f %9s %9s %9s %9s\n' "$cp" "$pct" "$tm" "$rm_" \
-    "$(python3 -c "print($tm/$rm_)")" "$(med "${t_p50[@]}")" "$(med "${r_p50[@]}")" "$(med "${t_p99[@]}")" "$(med "${r_p99[@]}")"
+  printf '%-10s %-6s %12.0f %12.0f %7.2f %7.2f %9s %9s %9s %9s\n' "$cp" "$pct" "$tm" "$rm_" \
+    "$(python3 -c "print($tm/$rm_)")" "$(med "${pairs[@]}")" "$(med "${t_p50[@]}")" "$(med "${r_p50[@]}")" "$(med "${t_p99[@]}")" "$(med "${r_p99[@]}")"
 done

@@ -46,13 +46,15 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 echo "profile: ${CONNS}x${PIPELINE}, ${INSERT_PCT}% inserts, ${VALUE} B values, ${KEYS} keys; ${ROUNDS} rounds x ${SECS}s interleaved"
-a=(); b=(); errs=0
+a=(); b=(); pairs=(); errs=0
 for r in $(seq 1 "$ROUNDS"); do
   x=$(load "$laddr" "$lpid"); settle "$lpid" >/dev/null
   y=$(load "$taddr" "$tpid"); settle "$tpid" >/dev/null
   a+=("$(field "$x" ops_per_sec)"); b+=("$(field "$y" ops_per_sec)")
+  pairs+=("$(python3 -c "print(${b[-1]}/${a[-1]})")")
   errs=$((errs + $(field "$x" errors) + $(field "$y" errors)))
   echo "round $r: limit-server ${a[-1]} ops/s (p99 $(field "$x" p99_us) us)   tarnd ${b[-1]} ops/s (p99 $(field "$y" p99_us) us)"
 done
 ma=$(median "${a[@]}"); mb=$(median "${b[@]}")
-echo "median: limit-server $ma ops/s, tarnd $mb ops/s; tarnd/limit $(python3 -c "print(round($mb/$ma, 2))"); errors $errs"
+# pair: the median of each round's tarnd/limit (the two runs of a round are seconds apart).
+echo "median: limit-server $ma ops/s, tarnd $mb ops/s; tarnd/limit $(python3 -c "print(round($mb/$ma, 2))"); pair $(python3 -c "print(round($(median "${pairs[@]}"), 2))"); errors $errs"
