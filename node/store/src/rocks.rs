@@ -615,27 +615,20 @@ impl Store for RocksStore {
             .get(epoch, key, |set| Values::parse(set).map(&mut *read));
         match known {
             Lookup::Known(Some(done)) => return done.map_err(StoreError::from),
-            Lookup::Known(None) => {
-                read(Values::default());
-                return Ok(());
+            Lookup::Known(None) => {}
+            Lookup::Unknown => {
+                if let Some(cf) = self.db.cf_handle(&cf_name(epoch)) {
+                    let got = self.db.get_pinned_cf(&cf, key.0);
+                    if let Some(bytes) = got.map_err(|e| StoreError::engine("get", e))? {
+                        read(Values::parse(&bytes)?);
+                        return Ok(());
+                    }
+                }
             }
-            Lookup::Unknown => {}
         }
-        let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
-            read(Values::default());
-            return Ok(());
-        };
-        match self.db.get_pinned_cf(&cf, key.0) {
-            Ok(Some(bytes)) => {
-                read(Values::parse(&bytes)?);
-                Ok(())
-            }
-            Ok(None) => {
-                read(Values::default());
-                Ok(())
-            }
-            Err(e) => Err(StoreError::engine("get", e)),
-        }
+        // Nothing stored under the key.
+        read(Values::default());
+        Ok(())
     }
 
     fn prepare_epochs(&self, from: Epoch, to: Epoch) -> Result<(), StoreError> {
