@@ -108,6 +108,28 @@ fn put_then_get() {
 }
 
 #[test]
+fn get_with_lends_each_read_exactly_once() {
+    for (s, _d) in backends() {
+        s.put(Epoch(5), key(1), 10, b"older").unwrap();
+        s.put(Epoch(5), key(1), 11, b"newer").unwrap();
+        // A hit, a miss, and an epoch with no partition: one call each, never none or two.
+        for (epoch, k, want) in [
+            (5, 1, vec![b"newer".to_vec(), b"older".to_vec()]),
+            (5, 2, vec![]),
+            (9, 1, vec![]),
+        ] {
+            let mut calls = Vec::new();
+            s.get_with(Epoch(epoch), &key(k), &mut |values| {
+                assert_eq!(values.len(), values.iter().count(), "{s:?}");
+                calls.push(values.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
+            })
+            .unwrap();
+            assert_eq!(calls, [want], "{s:?} epoch {epoch} key {k}");
+        }
+    }
+}
+
+#[test]
 fn full_key_evicts_lowest_order_and_keeps_newest() {
     for (s, _d) in backends() {
         for stamp in 1..=6u64 {
