@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages tarn's build and tests need, when missing (Debian 12, as root):
-# clang + libclang-dev (RocksDB bindings), chrony (time tests), prometheus (promtool, live
+# clang + libclang-dev (RocksDB bindings), make (jemalloc, tarnd's allocator), chrony (time tests), prometheus (promtool, live
 # scrape test), systemd (systemd-analyze for the unit files), libssl-dev + libsqlite3-dev +
 # pkg-config (arti-client, the Tor transport), tor + iproute2 + curl (the private Tor network
 # of the Tor test, in a network namespace of its own; tor's system service is not started).
@@ -9,6 +9,7 @@ set -euo pipefail
 
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v make >/dev/null 2>&1 || need+=(make)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 [ -x /usr/sbin/chronyd ] || need+=(chrony)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
