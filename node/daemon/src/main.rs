@@ -13,12 +13,15 @@ use tarn_node::identity::Identity;
 use tarn_node::metrics::Metrics;
 use tarn_node::server::{self, Shared};
 use tarn_node::timesync::{self, Clock};
+use tarn_node::{cpu, maintenance};
+use tarn_proto::NetworkId;
+use tarn_store::{Limits, RocksOptions, RocksStore, Store};
 
 /// jemalloc, with transparent huge pages for its arenas (`thp:always`, `metadata_thp:always`;
 /// jemalloc asks with `madvise`, so the system's THP policy still decides). A RETRIEVE's index
 /// read is dependent cache misses into a table and value sets that grow with every key; on
 /// 4 KiB pages most of them also miss the TLB, and glibc's malloc cannot give a thread's arena
-/// huge pages. BENCHMARKS.md, "Eighth round": +17–20 % ops/s at 50 x 1.
+/// huge pages. BENCHMARKS.md, "Eighth round": 5–20 % more ops/s at 50 x 1 in A/B runs.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -38,9 +41,6 @@ const fn c_string<const N: usize>(s: &[u8; N]) -> [std::ffi::c_char; N] {
     }
     out
 }
-use tarn_node::{cpu, maintenance};
-use tarn_proto::NetworkId;
-use tarn_store::{Limits, RocksOptions, RocksStore, Store};
 
 fn main() {
     let cli = Cli::parse();

@@ -135,14 +135,7 @@ impl<'a> Values<'a> {
 
 /// Decodes a set, highest order first.
 pub fn decode(bytes: &[u8]) -> Result<Vec<StampedValue>, CorruptValueSet> {
-    entries(bytes)
-        .map(|e| {
-            e.map(|e| StampedValue {
-                stamp: e.stamp,
-                value: e.value.to_vec(),
-            })
-        })
-        .collect()
+    Values::parse(bytes).map(|values| values.to_stamped())
 }
 
 /// Number of entries and value bytes in an encoded set (corrupt tails are not counted).
