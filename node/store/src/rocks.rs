@@ -186,9 +186,15 @@ impl RocksStore {
             ))
         });
         cf_opts.set_write_buffer_size(16 << 20);
-        // Journaled epochs arrive as one ingested L0 file per second; reads of them come from
-        // the index, so L0 may hold many files: fewer, larger L0 -> L1 compactions rewrite L1
-        // less often.
+        // Journaled epochs arrive as one ingested file per second whose keys (hashes) span
+        // the whole key space, and an epoch only grows until it is dropped whole. Leveled
+        // compaction rewrote the partition's entire bottom level for every 16 files — work
+        // that grows with the square of the epoch's size —, where universal compaction merges
+        // sorted runs of similar size: each value is rewritten about log(runs) times (90 s at
+        // 50 x 16, 50 % inserts: 5.3 GB of compaction output against 11.9 GB; BENCHMARKS.md,
+        // ninth round). Reads of those epochs come from the index, so the 16 sorted runs it
+        // lets accumulate cost little; the triggers below count sorted runs.
+        cf_opts.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         cf_opts.set_level_zero_file_num_compaction_trigger(16);
         cf_opts.set_level_zero_slowdown_writes_trigger(48);
         cf_opts.set_level_zero_stop_writes_trigger(64);
