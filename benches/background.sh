@@ -22,7 +22,7 @@ cp=${PROFILE%%:*}; pct=${PROFILE##*:}; conns=${cp%%x*}; pipe=${cp##*x}
 
 work=$(mktemp -d /tmp/tarn-bg.XXXXXX)
 tpid=""
-cleanup() { [ -n "$tpid" ] && kill -TERM "$tpid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { if [ -n "$tpid" ]; then kill -TERM "$tpid" 2>/dev/null || true; fi; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 printf 'index_bytes = %s\n' "${INDEX_BYTES:-4294967296}" > "$work/tarnd.conf"
@@ -53,11 +53,15 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 sleep 3
 threads > "$work/after"
+# RocksDB writes its LOG through a buffer: stop tarnd (it flushes on close) before reading it.
+kill -TERM "$tpid" 2>/dev/null || true
+wait "$tpid" 2>/dev/null || true
+tpid=""
 python3 - "$work/before" "$work/after" "$work/ops" "$(getconf CLK_TCK)" "$work/data/db/LOG" <<'PY'
 import collections, json, os, sys
 before = dict(l.split() for l in open(sys.argv[1]))
 after = dict(l.split() for l in open(sys.argv[2]))
-ops = sum(int(l) for l in open(sys.argv[3]))
+ops = max(1, sum(int(l) for l in open(sys.argv[3])))
 hz = int(sys.argv[4])
 print(f"{ops} operations; CPU per operation by thread (us):")
 for name in sorted(after):
@@ -65,18 +69,24 @@ for name in sorted(after):
     if used > 0:
         print(f"  {name:<18} {used * 1e6 / ops:8.3f}")
 written = collections.Counter(); count = collections.Counter(); jobs = {}
-if os.path.exists(sys.argv[5]):
-    for line in open(sys.argv[5]):
-        if "EVENT_LOG_v1" not in line:
+if not os.path.exists(sys.argv[5]):
+    print("  (no RocksDB LOG to read)")
+else:
+    for line in open(sys.argv[5], errors="replace"):
+        if "EVENT_LOG_v1" not in line or "{" not in line:
             continue
-        e = json.loads(line[line.index("{"):])
+        try:
+            e = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
         kind = "partitions" if e.get("cf_name", "").startswith("e-") else e.get("cf_name", "?")
-        if e["event"] in ("compaction_started", "flush_started"):
-            jobs[e["job"]] = kind
-        elif e["event"] == "compaction_finished":
-            written["compaction " + jobs.get(e["job"], "?")] += e.get("total_output_size", 0)
-            count["compaction " + jobs.get(e["job"], "?")] += 1
-        elif e["event"] == "table_file_creation" and e.get("cf_name") == "journal":
+        event, job = e.get("event"), e.get("job")
+        if event in ("compaction_started", "flush_started"):
+            jobs[job] = kind
+        elif event == "compaction_finished":
+            written["compaction " + jobs.get(job, "?")] += e.get("total_output_size", 0)
+            count["compaction " + jobs.get(job, "?")] += 1
+        elif event == "table_file_creation" and e.get("cf_name") == "journal":
             written["journal tables (flush + compaction)"] += e.get("file_size", 0)
 for k in sorted(written):
     n = f" ({count[k]} jobs)" if count[k] else ""

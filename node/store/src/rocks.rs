@@ -193,7 +193,9 @@ impl RocksStore {
         // sorted runs of similar size: each value is rewritten about log(runs) times (90 s at
         // 50 x 16, 50 % inserts: 5.3 GB of compaction output against 11.9 GB; BENCHMARKS.md,
         // ninth round). Reads of those epochs come from the index, so the 16 sorted runs it
-        // lets accumulate cost little; the triggers below count sorted runs.
+        // lets accumulate cost little; the triggers below count sorted runs. A full merge
+        // (when the newer runs outgrow the oldest) needs free disk about the partition's size
+        // while it runs, and RocksDB estimates no pending compaction bytes for this style.
         cf_opts.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         cf_opts.set_level_zero_file_num_compaction_trigger(16);
         cf_opts.set_level_zero_slowdown_writes_trigger(48);
