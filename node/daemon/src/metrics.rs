@@ -491,6 +491,11 @@ impl Metrics {
                         "RocksDB compactions running",
                     ),
                     (
+                        S::MaxSortedRuns,
+                        "tarn_rocksdb_max_sorted_runs",
+                        "Most sorted runs (level-0 files and non-empty levels) in one epoch partition: compaction starts at 16, writes slow at 48, stop at 64",
+                    ),
+                    (
                         S::WriteStopped,
                         "tarn_rocksdb_write_stopped",
                         "1 while RocksDB stops writes (stall)",

@@ -54,6 +54,9 @@ type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 const CF_PREFIX: &str = "e-";
 const MERGE_NAME: &str = "tarn-valueset-v1";
 const JOURNAL_CF: &str = "journal";
+/// Levels of a partition (RocksDB's default): with universal compaction each non-empty level
+/// below level 0 holds one sorted run.
+const PARTITION_LEVELS: i32 = 7;
 /// Journal bytes moved into partitions per round of SST files.
 const APPLY_CHUNK: usize = 16 << 20;
 
@@ -197,6 +200,7 @@ impl RocksStore {
         // (when the newer runs outgrow the oldest) needs free disk about the partition's size
         // while it runs, and RocksDB estimates no pending compaction bytes for this style.
         cf_opts.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+        cf_opts.set_num_levels(PARTITION_LEVELS);
         cf_opts.set_level_zero_file_num_compaction_trigger(16);
         cf_opts.set_level_zero_slowdown_writes_trigger(48);
         cf_opts.set_level_zero_stop_writes_trigger(64);
@@ -503,6 +507,26 @@ impl RocksStore {
             .filter_map(|cf| self.db.property_int_value_cf(&cf, name).ok().flatten())
             .sum()
     }
+
+    /// The most sorted runs in one partition: each level-0 file is one, and so is each other
+    /// non-empty level (universal compaction's count, which its triggers use).
+    fn max_sorted_runs(&self) -> u64 {
+        self.list_epochs()
+            .iter()
+            .filter_map(|e| self.db.cf_handle(&cf_name(*e)))
+            .map(|cf| {
+                let files = |level: i32| {
+                    self.db
+                        .property_int_value_cf(&cf, &format!("rocksdb.num-files-at-level{level}"))
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                files(0) + (1..PARTITION_LEVELS).filter(|l| files(*l) > 0).count() as u64
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl Store for RocksStore {
@@ -775,6 +799,7 @@ impl Store for RocksStore {
                 EngineStat::RunningCompactions,
                 db_prop("rocksdb.num-running-compactions"),
             ),
+            (EngineStat::MaxSortedRuns, self.max_sorted_runs()),
             (
                 EngineStat::WriteStopped,
                 db_prop("rocksdb.is-write-stopped"),

@@ -185,6 +185,10 @@ pub enum EngineStat {
     IndexBytes,
     /// Bytes of journal entries not yet moved into their partitions.
     JournalBytes,
+    /// The most sorted runs in any one partition (level-0 files and non-empty levels): what
+    /// universal compaction has yet to merge (it starts at 16; RocksDB slows writes to a
+    /// partition at 48 and stops them at 64).
+    MaxSortedRuns,
 }
 
 /// Accounting and admission shared by both backends: the floor below which epochs are expired,

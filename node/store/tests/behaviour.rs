@@ -408,6 +408,37 @@ fn journaled_values_survive_a_reopen_without_an_apply() {
 }
 
 #[test]
+fn each_apply_adds_a_sorted_run_that_the_backlog_figure_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_rocks(dir.path(), RocksOptions::default());
+    let runs = |s: &RocksStore| {
+        s.engine_stats()
+            .into_iter()
+            .find(|(stat, _)| *stat == EngineStat::MaxSortedRuns)
+            .map(|(_, v)| v)
+    };
+    assert_eq!(
+        runs(&s),
+        Some(0),
+        "a store without partitions has no backlog"
+    );
+    // Three applies of journaled values whose keys span the same range (as hashed keys do),
+    // each one ingested file in the epoch's partition: three sorted runs, far below the 16
+    // that start a compaction.
+    for round in 0..3u8 {
+        for i in 0..20u8 {
+            s.put(Epoch(5), key(i * 12 + round), 1, &[i; 40]).unwrap();
+        }
+        assert!(s.apply_journal().unwrap() > 0);
+    }
+    assert_eq!(runs(&s), Some(3));
+    // Another epoch's single file does not add to the most in one partition.
+    s.put(Epoch(6), key(1), 1, b"v").unwrap();
+    s.apply_journal().unwrap();
+    assert_eq!(runs(&s), Some(3));
+}
+
+#[test]
 fn an_overflowing_epoch_is_retired_only_after_the_journal_holds_none_of_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_rocks(
