@@ -47,8 +47,7 @@ echo "tarnd $TARND, profile $PROFILE, $ROUNDS rounds of ${SECS}s"
 for r in $(seq 1 "$ROUNDS"); do
   out=$(taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$addr" --server-pid "$tpid" --conns "$conns" \
     --pipeline "$pipe" --insert-pct "$pct" --value-bytes "$VALUE" --keys "$KEYS" --duration "${SECS}s" --json)
-  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('round', sys.argv[2], round(d['ops_per_sec']), 'ops/s', round(d['server_cpu_us_per_op'] or 0, 2), 'us/op')" "$out" "$r"
-  python3 -c "import json,sys; print(json.loads(sys.argv[1])['ops'])" "$out" >> "$work/ops"
+  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('round', sys.argv[2], round(d['ops_per_sec']), 'ops/s', round(d['server_cpu_us_per_op'] or 0, 2), 'us/op'); print(d['ops'], file=open(sys.argv[3], 'a'))" "$out" "$r" "$work/ops"
   sleep 1
 done
 sleep 3

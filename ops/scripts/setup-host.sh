@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages tarn's build and tests need, when missing (Debian 12, as root):
-# clang + libclang-dev (RocksDB bindings), make (jemalloc, tarnd's allocator), chrony (time tests), prometheus (promtool, live
-# scrape test), systemd (systemd-analyze for the unit files), libssl-dev + libsqlite3-dev +
+# clang + libclang-dev (RocksDB bindings), make (jemalloc, tarnd's allocator), chrony (time
+# tests), prometheus (promtool, live scrape test), systemd (systemd-analyze for the unit files), libssl-dev + libsqlite3-dev +
 # pkg-config (arti-client, the Tor transport), tor + iproute2 + curl (the private Tor network
 # of the Tor test, in a network namespace of its own; tor's system service is not started).
 # Safe to run again: it installs nothing that is already there.

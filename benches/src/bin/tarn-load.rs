@@ -205,16 +205,14 @@ async fn run(args: Args, proto: Proto, addr: String) -> anyhow::Result<()> {
     }
     stopper.abort();
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_per_op = match (cpu_before, args.server_pid.and_then(cpu_seconds)) {
+    let per_op = |before: Option<f64>, after: Option<f64>| match (before, after) {
         (Some(a), Some(b)) if done > 0 => Some((b - a) / done as f64),
         _ => None,
     };
+    let cpu_per_op = per_op(cpu_before, args.server_pid.and_then(cpu_seconds));
     // The generator's own CPU per operation: near one core's worth of it per op means the
     // generator, not the server, set the pace.
-    let load_cpu_per_op = match (own_before, cpu_seconds(std::process::id())) {
-        (Some(a), Some(b)) if done > 0 => Some((b - a) / done as f64),
-        _ => None,
-    };
+    let load_cpu_per_op = per_op(own_before, cpu_seconds(std::process::id()));
     let ops = done as f64 / elapsed;
     let errors = shared.errors.load(Ordering::Relaxed);
     if args.json {

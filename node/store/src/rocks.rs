@@ -501,23 +501,29 @@ impl RocksStore {
     /// An integer RocksDB property summed over live partitions (e.g. `rocksdb.total-sst-files-size`),
     /// for metrics.
     pub fn property_sum(&self, name: &str) -> u64 {
+        self.partition_cfs()
+            .iter()
+            .filter_map(|cf| self.db.property_int_value_cf(cf, name).ok().flatten())
+            .sum()
+    }
+
+    /// The column families of the partitions that exist now.
+    fn partition_cfs(&self) -> Vec<Arc<rocksdb::BoundColumnFamily<'_>>> {
         self.list_epochs()
             .iter()
             .filter_map(|e| self.db.cf_handle(&cf_name(*e)))
-            .filter_map(|cf| self.db.property_int_value_cf(&cf, name).ok().flatten())
-            .sum()
+            .collect()
     }
 
     /// The most sorted runs in one partition: each level-0 file is one, and so is each other
     /// non-empty level (universal compaction's count, which its triggers use).
     fn max_sorted_runs(&self) -> u64 {
-        self.list_epochs()
+        self.partition_cfs()
             .iter()
-            .filter_map(|e| self.db.cf_handle(&cf_name(*e)))
             .map(|cf| {
                 let files = |level: i32| {
                     self.db
-                        .property_int_value_cf(&cf, &format!("rocksdb.num-files-at-level{level}"))
+                        .property_int_value_cf(cf, &format!("rocksdb.num-files-at-level{level}"))
                         .ok()
                         .flatten()
                         .unwrap_or(0)
