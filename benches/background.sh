@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where one tarnd's CPU goes, thread by thread, over a longer run: the connection cores against
-# the background work (the journal's apply, RocksDB's flushes and compactions) that the store
+# the background work (RocksDB's flushes and compactions, moving logs into partitions) that the store
 # grows into as every insert adds a fresh key. Prints each round's ops/s and server CPU per op,
 # then the CPU per operation of each thread name over all rounds (including what the server does
 # in the pauses between rounds), and what RocksDB's flushes and compactions wrote, per column
@@ -78,15 +78,17 @@ else:
             e = json.loads(line[line.index("{"):])
         except ValueError:
             continue
-        kind = "partitions" if e.get("cf_name", "").startswith("e-") else e.get("cf_name", "?")
+        cf = e.get("cf_name", "?")
+        # Partitions e-<epoch>; the epochs' logs j-<epoch> (the single "journal" of earlier builds).
+        kind = "partitions" if cf.startswith("e-") else "logs" if cf.startswith("j-") or cf == "journal" else cf
         event, job = e.get("event"), e.get("job")
         if event in ("compaction_started", "flush_started"):
             jobs[job] = kind
         elif event == "compaction_finished":
             written["compaction " + jobs.get(job, "?")] += e.get("total_output_size", 0)
             count["compaction " + jobs.get(job, "?")] += 1
-        elif event == "table_file_creation" and e.get("cf_name") == "journal":
-            written["journal tables (flush + compaction)"] += e.get("file_size", 0)
+        elif event == "table_file_creation" and kind == "logs":
+            written["log tables (flush + compaction)"] += e.get("file_size", 0)
 for k in sorted(written):
     n = f" ({count[k]} jobs)" if count[k] else ""
     print(f"  {k:<36} {written[k] / 2**20:10.0f} MiB{n}")

@@ -183,8 +183,8 @@ fn request(c: &mut Criterion) {
     let mut i = 1_000_000u64;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
-        // As in the node, a thread of its own moves the journal into the partitions (about
-        // once a second), so this measures the request path without that work.
+        // As in the node, a thread of its own retires epochs that overflow the index (moving
+        // their logs into their partitions), so this measures the request path without that.
         scope.spawn(|| {
             tarn_node::maintenance::apply_journal_while(
                 &s,

@@ -77,16 +77,12 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
-/// How often [`apply_journal_while`] moves the journal into the partitions at most: each move
-/// writes one SST file per epoch, so fewer, larger moves mean fewer files for RocksDB to compact.
-pub const JOURNAL_EVERY: Duration = Duration::from_secs(1);
-/// Journal bytes that trigger a move before [`JOURNAL_EVERY`] is up (a busy node's journal
-/// stays small: memory, and replay after a crash).
-pub const JOURNAL_AT: u64 = 32 << 20;
+/// How often [`apply_journal_while`] looks for epochs that overflowed the index: until their
+/// logs are moved into their partitions, the index holds them over its budget.
+pub const JOURNAL_EVERY: Duration = Duration::from_millis(50);
 
-/// Applies `store`'s journal every [`JOURNAL_EVERY`], or as soon as it holds [`JOURNAL_AT`]
-/// bytes, while `running()` holds, then once more; `report` hears each apply's outcome and how
-/// long it took.
+/// Calls `store`'s [`Store::apply_journal`] every [`JOURNAL_EVERY`] while `running()` holds,
+/// then once more; `report` hears each call's outcome and how long it took.
 pub fn apply_journal_while(
     store: &dyn Store,
     running: impl Fn() -> bool,
@@ -97,19 +93,15 @@ pub fn apply_journal_while(
         let r = store.apply_journal();
         report(r, t.elapsed());
     };
-    let mut last = Instant::now();
     while running() {
-        std::thread::sleep(Duration::from_millis(50));
-        if last.elapsed() >= JOURNAL_EVERY || store.journal_bytes() >= JOURNAL_AT {
-            apply();
-            last = Instant::now();
-        }
+        std::thread::sleep(JOURNAL_EVERY);
+        apply();
     }
     apply();
 }
 
-/// Moves the store's journal into its partitions ([`apply_journal_while`]) until shutdown,
-/// then once more.
+/// Moves the logs of epochs that overflow the index into their partitions
+/// ([`apply_journal_while`]) until shutdown, then once more.
 pub fn run_journal(shared: Arc<Shared>) {
     apply_journal_while(
         &*shared.store,
@@ -121,7 +113,9 @@ pub fn run_journal(shared: Arc<Shared>) {
                 .storage_seconds
                 .with_label_values(&["journal_apply"])
                 .observe(took.as_secs_f64()),
-            Err(e) => tracing::error!(error = %e, "applying the journal failed; retrying"),
+            Err(e) => {
+                tracing::error!(error = %e, "moving an overflowed epoch's log into its partition failed; retrying")
+            }
         },
     );
 }

@@ -513,7 +513,12 @@ impl Metrics {
                     (
                         S::JournalBytes,
                         "tarn_journal_bytes",
-                        "Bytes of inserts in the storage journal, not yet moved into their epoch partitions",
+                        "Bytes in the live epochs' logs (inserts of epochs the index holds; moved into their partitions at the next start)",
+                    ),
+                    (
+                        S::OverflowedEpochs,
+                        "tarn_index_overflowed_epochs",
+                        "Epochs that outgrew the index and wait for their logs to be moved into their partitions",
                     ),
                 ]
                 .into_iter()

@@ -8,8 +8,8 @@
 //! holds every value of that epoch: it is created empty together with its partition, or filled
 //! from the partition at open, and updated after every successful write. When the byte budget
 //! would be exceeded, the epoch that needed the room is marked *overflowed*: new writes to it go
-//! straight to its partition instead of the store's journal, and once the journal has been
-//! applied (so RocksDB holds every value of the epoch) the store *retires* it — its map is
+//! straight to its partition instead of the epoch's log, and once the log has been moved into
+//! the partition (so it holds every value of the epoch) the store *retires* it — its map is
 //! cleared and its reads go to RocksDB until the epoch expires. The index never serves a
 //! partial answer; between overflow and retirement it holds more than its budget.
 
@@ -113,8 +113,9 @@ impl LiveIndex {
         }
     }
 
-    /// Whether a write to `epoch` may be acknowledged from the journal: the index holds the
-    /// whole epoch and will keep answering for it until the journal has been applied.
+    /// Whether a write to `epoch` may be acknowledged from the epoch's log: the index holds the
+    /// whole epoch and will keep answering for it until the log has been moved into the
+    /// partition.
     pub(crate) fn journaled(&self, epoch: Epoch) -> bool {
         self.find(epoch).is_some_and(|idx| {
             idx.complete.load(Ordering::Acquire) && !idx.overflowed.load(Ordering::Acquire)
@@ -122,7 +123,7 @@ impl LiveIndex {
     }
 
     /// Folds a written operand into the key's set. An epoch this pushes over the budget is
-    /// marked overflowed ([`LiveIndex::has_overflowed`]) for the store to retire.
+    /// marked overflowed ([`LiveIndex::overflowed`]) for the store to retire.
     pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) {
         let Some(idx) = self.find(epoch) else {
             return;
@@ -175,7 +176,7 @@ impl LiveIndex {
         let used = self.used.fetch_add(grown, Ordering::Relaxed) + grown;
         if used > self.budget && !idx.overflowed.swap(true, Ordering::AcqRel) {
             // Over budget: its bytes leave the count now (so other epochs keep their room), and
-            // it is retired once the journal no longer holds any of its values.
+            // it is retired once its partition holds every one of its values.
             sub_saturating(&self.used, idx.bytes.load(Ordering::Relaxed));
             self.to_retire
                 .lock()
@@ -186,22 +187,31 @@ impl LiveIndex {
         false
     }
 
-    /// Whether some epoch waits to be retired.
-    pub(crate) fn has_overflowed(&self) -> bool {
-        !self
-            .to_retire
+    /// The epochs that overflowed and wait to be retired.
+    pub(crate) fn overflowed(&self) -> Vec<Epoch> {
+        self.to_retire
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+            .clone()
     }
 
-    /// Retires every overflowed epoch: its reads go to the durable store from now on. The
-    /// caller guarantees RocksDB holds every value of those epochs (no journal entry for them is
-    /// pending or being written) and that no [`LiveIndex::merge`] runs meanwhile (the store's
-    /// write gate), so a set found afterwards is never one a merge began in the cleared map.
+    /// Retires every overflowed epoch ([`LiveIndex::retire`]).
     pub(crate) fn retire_overflowed(&self) {
         let epochs = std::mem::take(&mut *self.to_retire.lock().unwrap_or_else(|p| p.into_inner()));
-        for epoch in epochs {
+        self.retire(&epochs);
+    }
+
+    /// Retires `epochs` (overflowed ones): their reads go to the durable store from now on. The
+    /// caller guarantees RocksDB holds every value of those epochs (no log entry of theirs is
+    /// left unapplied or being written) and that no [`LiveIndex::merge`] runs meanwhile (the
+    /// store's write gate), so a set found afterwards is never one a merge began in the cleared
+    /// map.
+    pub(crate) fn retire(&self, epochs: &[Epoch]) {
+        self.to_retire
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e| !epochs.contains(e));
+        for &epoch in epochs {
             if let Some(idx) = self.find(epoch) {
                 idx.complete.store(false, Ordering::Release);
                 idx.map.clear();
@@ -235,6 +245,28 @@ impl LiveIndex {
             return Lookup::Unknown;
         }
         Lookup::Known(found)
+    }
+
+    /// Every key of `epoch` within `range` (inclusive bounds) and its set, sorted by key, when
+    /// the index is authoritative for the epoch (`None`: ask the durable store). Copies the
+    /// matching sets: for anti-entropy scans, not for request paths.
+    pub(crate) fn scan(&self, epoch: Epoch, range: &(Key, Key)) -> Option<Vec<(Key, Vec<u8>)>> {
+        let idx = self.find(epoch)?;
+        if !idx.complete.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut found: Vec<(Key, Vec<u8>)> = idx
+            .map
+            .iter()
+            .filter(|e| range.0 <= *e.key() && *e.key() <= range.1)
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect();
+        // Retired meanwhile: the map may have been cleared under the iteration.
+        if !idx.complete.load(Ordering::Acquire) {
+            return None;
+        }
+        found.sort_unstable_by_key(|e| e.0);
+        Some(found)
     }
 
     /// Forgets every epoch before `oldest_live`.
@@ -336,16 +368,16 @@ mod tests {
         let mut k = 0u8;
         loop {
             idx.merge(Epoch(7), Key([k; 32]), &op(1, &[k; 300]), 8);
-            if idx.has_overflowed() {
+            if !idx.overflowed().is_empty() {
                 break;
             }
             k += 1;
             assert!(k < 40, "the budget is enforced");
         }
-        // Overflowed: no more journaled writes for it, but it still answers in full (the
-        // journal may hold its values) until the store retires it.
+        // Overflowed: no more logged writes for it, but it still answers in full (its log may
+        // hold its values) until the store retires it.
         assert!(!idx.journaled(Epoch(7)) && idx.journaled(Epoch(8)));
-        assert!(idx.has_overflowed());
+        assert_eq!(idx.overflowed(), vec![Epoch(7)]);
         assert_eq!(values(&idx, 7, k), Lookup::Known(Some(vec![vec![k; 300]])));
         // Its bytes left the count at once, so the other epoch keeps its room.
         assert!(idx.used_bytes() < 4096);
@@ -354,8 +386,19 @@ mod tests {
             values(&idx, 7, 200),
             Lookup::Known(Some(vec![b"meanwhile".to_vec()]))
         );
-        idx.retire_overflowed();
-        assert!(!idx.has_overflowed());
+        // A scan answers from the index until then, too.
+        let all = (Key([0; 32]), Key([0xff; 32]));
+        let scanned = idx.scan(Epoch(7), &all).unwrap();
+        assert!(scanned.windows(2).all(|w| w[0].0 < w[1].0), "sorted by key");
+        assert_eq!(scanned.len(), usize::from(k) + 2);
+        let some = idx.scan(Epoch(7), &(Key([1; 32]), Key([2; 32]))).unwrap();
+        assert_eq!(
+            some.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![Key([1; 32]), Key([2; 32])]
+        );
+        idx.retire(&[Epoch(7)]);
+        assert!(idx.overflowed().is_empty());
+        assert_eq!(idx.scan(Epoch(7), &all), None);
         assert_eq!(values(&idx, 7, 0), Lookup::Unknown);
         assert_eq!(
             values(&idx, 8, 9),

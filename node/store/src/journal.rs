@@ -1,7 +1,8 @@
-//! The write journal's record format: one journal entry per group commit, holding every value
-//! of the batch that the index answers for, so an insert costs RocksDB one sequential append
-//! instead of one random memtable insert per value. [`crate::RocksStore`] moves entries into
-//! their partitions later, sorted by key (see its module notes).
+//! The record format of the epochs' logs: one entry per group commit and epoch, holding every
+//! value of the batch for an epoch that the index answers for, so an insert costs RocksDB one
+//! sequential append instead of one random memtable insert per value. [`crate::RocksStore`]
+//! moves a log into its partition, sorted by key, only at open or when its epoch outgrows the
+//! index (see its module notes). Earlier builds' single journal used the same format.
 //!
 //! An entry is records back to back: `epoch:u64le | key:[u8;32] | len:u32le | operand`, where
 //! the operand is a value-set merge operand ([`crate::valueset::encode_one`]).

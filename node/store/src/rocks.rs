@@ -13,21 +13,26 @@
 //! - **WAL.** `max_total_wal_size` is bounded so small old partitions cannot pin the shared WAL.
 //!   The [`WalPolicy`] decides whether a write waits for fsync; the periodic policy leaves
 //!   fsync to [`Store::sync`], called off the request path.
-//! - **Journal.** A write batch to epochs the index answers for is one `put` of a journal entry
-//!   (column family `journal`, key = a sequence number) holding all its values, in the same
-//!   atomic, logged RocksDB batch as any direct writes: one sequential append instead of one
-//!   random memtable (skiplist) insert per value, which was the largest item of the insert
-//!   profile. [`Store::apply_journal`] (the node calls it about once a second from a thread
-//!   of its own) sorts what accumulated, writes each partition's share as one SST file and ingests
-//!   it (no memtable, no second trip through the log, nothing to flush later), then deletes the
-//!   entries. A crash at any point leaves every value in the journal, in its partition, or in
-//!   both (merging twice is harmless: the merge is idempotent). Reads are not affected: the
-//!   index answers for journaled epochs. What reads RocksDB directly applies the journal first:
-//!   opening (before the index is filled) and [`Store::scan_range`]. An epoch whose index
-//!   overflows stops being journaled; it is retired from the index only after the journal no
-//!   longer holds any of its values. While more than [`RocksOptions::journal_bytes`] wait
-//!   (nobody applies the journal, or applying fails), batches bypass it and write their
-//!   partitions directly, as every write did before the journal: slower, never unbounded.
+//! - **Logs.** A write batch's values for an epoch the index answers for (every value of
+//!   the epoch in memory, see [`crate::index`]) are one `put` of a log entry in that epoch's
+//!   *log* — column family `j-<epoch>`, key = a sequence number — in the same atomic, logged
+//!   RocksDB batch as any direct writes: one sequential append instead of one random memtable
+//!   (skiplist) insert per value. The log is never sorted into the partition while the index
+//!   holds the epoch: the index serves its reads and scans, RocksDB's WAL and the log's flushed
+//!   files make it durable, and the epoch's expiry drops the log with the partition. So an
+//!   insert is written twice (WAL, then one flush of the log's memtable, sequential and never
+//!   compacted: its keys only grow) where moving it into the partition cost an SST build, a
+//!   merge-operator compaction rewriting it a few times, and the journal's delete (BENCHMARKS.md,
+//!   tenth round) — the same shape as Redis's memory plus append-only file. The log becomes
+//!   keyed partition data in two cases only: at open, before anything reads (each log is sorted
+//!   into one SST file per 16 MiB and ingested, then dropped; the index is refilled from the
+//!   partitions), and when an epoch overflows the index: [`Store::apply_journal`] (the node
+//!   calls it every 50 ms from a thread of its own) waits for the batches that were logging it,
+//!   moves its log into the partition, drops the log and retires the epoch from the index;
+//!   writes to it went straight to the partition from the overflow on. A crash at any point
+//!   leaves every value in a log, in its partition, or in both (merging twice is harmless: the
+//!   merge is idempotent). A store written by a build with the single `journal` column family
+//!   has it applied and dropped at open.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -53,7 +58,9 @@ type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 
 const CF_PREFIX: &str = "e-";
 const MERGE_NAME: &str = "tarn-valueset-v1";
-const JOURNAL_CF: &str = "journal";
+const LOG_PREFIX: &str = "j-";
+/// The single journal of earlier builds (applied and dropped at open).
+const LEGACY_JOURNAL_CF: &str = "journal";
 /// Levels of a partition (RocksDB's default): with universal compaction each non-empty level
 /// below level 0 holds one sorted run.
 const PARTITION_LEVELS: i32 = 7;
@@ -95,10 +102,9 @@ pub struct RocksOptions {
     pub max_total_wal_bytes: u64,
     /// Memory for the index of live epochs that serves reads (0: every read goes to RocksDB).
     pub index_bytes: u64,
-    /// Journal bytes waiting to be applied beyond which writes bypass the journal (0: no
-    /// journal). The node applies it about once a second, long before; this bounds the memory
-    /// and the replay of a journal nobody applies.
-    pub journal_bytes: u64,
+    /// Whether inserts to epochs the index answers for go to the epoch's log (see the module
+    /// notes) instead of straight into its partition.
+    pub journal: bool,
 }
 
 impl Default for RocksOptions {
@@ -110,7 +116,7 @@ impl Default for RocksOptions {
             write_buffer_bytes: 128 << 20,
             max_total_wal_bytes: 256 << 20,
             index_bytes: 256 << 20,
-            journal_bytes: 256 << 20,
+            journal: true,
         }
     }
 }
@@ -121,10 +127,9 @@ pub struct RocksStore {
     path: PathBuf,
     opts: RocksOptions,
     cf_opts: Options,
+    /// Options of the epochs' logs.
+    log_opts: Options,
     write_opts: WriteOptions,
-    /// Options of the batches that delete applied journal entries: logged, never synced (a
-    /// delete lost in a crash only means its entry is applied again, which merges to the same).
-    apply_opts: WriteOptions,
     ledger: Mutex<Ledger>,
     /// The partitions that exist. Its lock also serialises creating and dropping them (the slow
     /// path); reads never take it, writes only when a partition is missing.
@@ -135,14 +140,9 @@ pub struct RocksStore {
     write_gate: RwLock<()>,
     /// Live epochs in memory: reads are served from here when it is authoritative.
     index: LiveIndex,
-    /// The next journal entry's key.
-    journal_seq: AtomicU64,
-    /// Journal bytes written and not yet applied (approximate: an upper bound).
-    journal_pending: AtomicU64,
-    /// Journal entries written and not yet applied, in memory (the journal column family is
-    /// read only when recovering).
-    journal: Mutex<Vec<(u64, Vec<u8>)>>,
-    /// Serialises applying the journal.
+    /// The next log entry's key (unique across the logs; each log's keys only grow).
+    log_seq: AtomicU64,
+    /// Serialises retiring overflowed epochs.
     apply_lock: Mutex<()>,
     /// Names the SST files built for ingestion.
     ingest_seq: AtomicU64,
@@ -163,6 +163,10 @@ fn cf_name(e: Epoch) -> String {
 
 fn parse_cf_name(name: &str) -> Option<Epoch> {
     name.strip_prefix(CF_PREFIX)?.parse().ok().map(Epoch)
+}
+
+fn log_name(e: Epoch) -> String {
+    format!("{LOG_PREFIX}{:020}", e.0)
 }
 
 impl RocksStore {
@@ -218,30 +222,34 @@ impl RocksStore {
         } else {
             Vec::new()
         };
-        let mut journal_opts = Options::default();
-        // Entries are deleted within milliseconds; a large memtable lets them die there
-        // instead of being flushed.
-        journal_opts.set_write_buffer_size(64 << 20);
-        journal_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let mut log_opts = Options::default();
+        // A log's keys only grow and it is read whole, at open or when its epoch overflows the
+        // index: never compacted (that would rewrite it for nothing; it goes with its epoch),
+        // so the level-0 triggers that would slow or stop writes are out of reach too.
+        log_opts.set_write_buffer_size(64 << 20);
+        log_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        log_opts.set_disable_auto_compactions(true);
+        log_opts.set_level_zero_file_num_compaction_trigger(1 << 30);
+        log_opts.set_level_zero_slowdown_writes_trigger(1 << 30);
+        log_opts.set_level_zero_stop_writes_trigger(1 << 30);
         let descriptors = existing
             .iter()
-            .filter(|n| parse_cf_name(n).is_some())
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()))
-            .chain(std::iter::once(ColumnFamilyDescriptor::new(
-                JOURNAL_CF,
-                journal_opts,
-            )))
+            .filter_map(|n| {
+                if parse_cf_name(n).is_some() {
+                    Some(ColumnFamilyDescriptor::new(n, cf_opts.clone()))
+                } else if n.starts_with(LOG_PREFIX) || n == LEGACY_JOURNAL_CF {
+                    Some(ColumnFamilyDescriptor::new(n, log_opts.clone()))
+                } else {
+                    None
+                }
+            })
             .collect::<Vec<_>>();
         let db = Db::open_cf_descriptors(&db_opts, path, descriptors)
             .map_err(|e| StoreError::engine("open", e))?;
 
         let mut write_opts = WriteOptions::default();
-        let mut apply_opts = WriteOptions::default();
         match opts.wal {
-            WalPolicy::Disabled => {
-                write_opts.disable_wal(true);
-                apply_opts.disable_wal(true);
-            }
+            WalPolicy::Disabled => write_opts.disable_wal(true),
             WalPolicy::NoSync | WalPolicy::Periodic => write_opts.set_sync(false),
             WalPolicy::EveryWrite => write_opts.set_sync(true),
         }
@@ -252,15 +260,13 @@ impl RocksStore {
             path: path.to_owned(),
             opts,
             cf_opts,
+            log_opts,
             write_opts,
-            apply_opts,
             ledger: Mutex::new(Ledger::default()),
             write_gate: RwLock::new(()),
             index: LiveIndex::new(opts_index_bytes),
             partitions: Mutex::new(existing.iter().filter_map(|n| parse_cf_name(n)).collect()),
-            journal_seq: AtomicU64::new(0),
-            journal_pending: AtomicU64::new(0),
-            journal: Mutex::new(Vec::new()),
+            log_seq: AtomicU64::new(0),
             apply_lock: Mutex::new(()),
             ingest_seq: AtomicU64::new(0),
         };
@@ -269,94 +275,64 @@ impl RocksStore {
         let _ = std::fs::remove_dir_all(&ingest);
         std::fs::create_dir_all(&ingest)
             .map_err(|e| StoreError::engine("open", format!("{}: {e}", ingest.display())))?;
-        // What a crash left in the journal goes to its partitions before anything reads them.
-        store.recover_journal()?;
+        // The logs go into their partitions before anything reads them; the index is then
+        // filled from the partitions.
+        for name in existing
+            .iter()
+            .filter(|n| n.starts_with(LOG_PREFIX) || *n == LEGACY_JOURNAL_CF)
+        {
+            store.apply_log(name)?;
+            store
+                .db
+                .drop_cf(name)
+                .map_err(|e| StoreError::engine("open", e))?;
+        }
         store.recount()?;
         Ok(store)
     }
 
-    /// Moves the journal entries a crash left behind into their partitions, and starts the
-    /// journal's keys after theirs (at open, before anything else touches the store).
-    fn recover_journal(&self) -> Result<(), StoreError> {
-        let journal = self.journal_cf()?;
+    /// Moves every entry of the log (or legacy journal) `name` into its partitions, in SST files
+    /// of [`APPLY_CHUNK`] bytes of entries; the log itself stays. Returns the values moved.
+    fn apply_log(&self, name: &str) -> Result<u64, StoreError> {
+        let Some(log) = self.db.cf_handle(name) else {
+            return Ok(0);
+        };
+        let mut read = rocksdb::ReadOptions::default();
+        // Read once, start to end: no use keeping its blocks in the cache.
+        read.fill_cache(false);
         let mut chunk = Vec::new();
         let mut bytes = 0usize;
-        let mut next_seq = 0u64;
-        for item in self.db.iterator_cf(&journal, rocksdb::IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| StoreError::engine("recover journal", e))?;
-            let seq = <[u8; 8]>::try_from(&k[..])
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::engine("recover journal", "malformed journal key"))?;
-            next_seq = next_seq.max(seq.saturating_add(1));
-            bytes += v.len();
-            chunk.push((seq, v.into_vec()));
+        let mut moved = 0u64;
+        for item in self
+            .db
+            .iterator_cf_opt(&log, read, rocksdb::IteratorMode::Start)
+        {
+            let (_, entry) = item.map_err(|e| StoreError::engine("apply log", e))?;
+            bytes += entry.len();
+            chunk.push(entry);
             if bytes >= APPLY_CHUNK {
-                self.apply_entries(&chunk)?;
+                moved += self.apply_entries(&chunk)?;
                 chunk.clear();
                 bytes = 0;
             }
         }
-        self.apply_entries(&chunk)?;
-        self.journal_seq.store(next_seq, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn journal_cf(&self) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>, StoreError> {
-        self.db
-            .cf_handle(JOURNAL_CF)
-            .ok_or_else(|| StoreError::engine("journal", "journal column family missing"))
-    }
-
-    fn journal_entries(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Vec<u8>)>> {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Moves every written journal entry into its partition. The caller holds `write_gate`
-    /// (shared or exclusive), so no partition is dropped meanwhile. Returns the values moved.
-    fn apply_journal_locked(&self) -> Result<u64, StoreError> {
-        let _apply = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let entries = std::mem::take(&mut *self.journal_entries());
-        let mut moved = 0u64;
-        let mut from = 0;
-        while from < entries.len() {
-            let mut to = from;
-            let mut bytes = 0usize;
-            while to < entries.len() && bytes < APPLY_CHUNK {
-                bytes += entries[to].1.len();
-                to += 1;
-            }
-            match self.apply_entries(&entries[from..to]) {
-                Ok(n) => moved += n,
-                Err(e) => {
-                    // Still in the journal, on disk and here: the next apply retries them.
-                    self.journal_entries()
-                        .extend(entries.into_iter().skip(from));
-                    return Err(e);
-                }
-            }
-            sub_saturating(&self.journal_pending, bytes as u64);
-            from = to;
-        }
+        moved += self.apply_entries(&chunk)?;
         Ok(moved)
     }
 
-    /// Writes the values of `entries` to their partitions — one SST file of merges, sorted by
-    /// key, ingested per partition — and then deletes the entries: a crash leaves each value in
-    /// the journal, in its partition, or both. Values of partitions that are gone (expired) are
-    /// dropped with their entry.
-    fn apply_entries(&self, entries: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let journal = self.journal_cf()?;
-        let mut records = Vec::new();
-        for (_, entry) in entries {
+    /// Writes the values of `entries` to their partitions: one SST file of merges, sorted by
+    /// key, ingested per partition. Values of partitions that are gone (expired) are dropped.
+    fn apply_entries(&self, entries: &[Box<[u8]>]) -> Result<u64, StoreError> {
+        let mut records = Vec::with_capacity(
+            entries.iter().map(|e| e.len()).sum::<usize>() / journal::record_len(256),
+        );
+        for entry in entries {
             for r in journal::records(entry) {
-                records.push(r.map_err(|e| StoreError::engine("apply journal", e))?);
+                records.push(r.map_err(|e| StoreError::engine("apply log", e))?);
             }
         }
         // Sorted per partition, each partition's values become one SST file, ingested whole:
-        // no memtable insert, no second trip through the log, nothing to flush later.
+        // no memtable insert, no second trip through the WAL, nothing to flush later.
         records.sort_unstable_by(journal::record_order);
         let max_values = self.opts.limits.max_values_per_key as usize;
         let mut moved = 0u64;
@@ -373,15 +349,28 @@ impl RocksStore {
             self.ingest_sorted(&cf, group, max_values)?;
             moved += group.len() as u64;
         }
-        let mut batch = WriteBatch::default();
-        for (seq, _) in entries {
-            // Each key is put once: a single delete lets the pair vanish at flush.
-            batch.single_delete_cf(&journal, seq.to_be_bytes());
-        }
-        self.db
-            .write_opt(batch, &self.apply_opts)
-            .map_err(|e| StoreError::engine("apply journal", e))?;
         Ok(moved)
+    }
+
+    /// The log of `epoch` when the batch being written may log its values there: the journal
+    /// is on and the index answers for the whole epoch. Created on first use; `None` (write
+    /// the partition directly) when that fails. The caller holds `write_gate` shared.
+    fn log_handle(&self, epoch: Epoch) -> Option<Arc<rocksdb::BoundColumnFamily<'_>>> {
+        if !self.opts.journal || !self.index.journaled(epoch) {
+            return None;
+        }
+        let name = log_name(epoch);
+        if let Some(log) = self.db.cf_handle(&name) {
+            return Some(log);
+        }
+        let parts = self.partitions();
+        if !parts.contains(&epoch) {
+            return None;
+        }
+        if self.db.cf_handle(&name).is_none() {
+            self.db.create_cf(&name, &self.log_opts).ok()?;
+        }
+        self.db.cf_handle(&name)
     }
 
     /// Writes one partition's records (sorted by key) as one SST file of merge operands and
@@ -498,11 +487,14 @@ impl RocksStore {
         &self.path
     }
 
-    /// An integer RocksDB property summed over live partitions (e.g. `rocksdb.total-sst-files-size`),
-    /// for metrics.
+    /// An integer RocksDB property summed over the live epochs' partitions and logs (e.g.
+    /// `rocksdb.total-sst-files-size`), for metrics.
     pub fn property_sum(&self, name: &str) -> u64 {
-        self.partition_cfs()
-            .iter()
+        self.sum_over(&self.partition_cfs(), name) + self.sum_over(&self.log_cfs(), name)
+    }
+
+    fn sum_over(&self, cfs: &[Arc<rocksdb::BoundColumnFamily<'_>>], name: &str) -> u64 {
+        cfs.iter()
             .filter_map(|cf| self.db.property_int_value_cf(cf, name).ok().flatten())
             .sum()
     }
@@ -513,6 +505,22 @@ impl RocksStore {
             .iter()
             .filter_map(|e| self.db.cf_handle(&cf_name(*e)))
             .collect()
+    }
+
+    /// The logs that exist now.
+    fn log_cfs(&self) -> Vec<Arc<rocksdb::BoundColumnFamily<'_>>> {
+        self.list_epochs()
+            .iter()
+            .filter_map(|e| self.db.cf_handle(&log_name(*e)))
+            .collect()
+    }
+
+    /// Bytes in the epochs' logs (memtables and files): what the next open moves into the
+    /// partitions.
+    fn log_bytes(&self) -> u64 {
+        let logs = self.log_cfs();
+        self.sum_over(&logs, "rocksdb.total-sst-files-size")
+            + self.sum_over(&logs, "rocksdb.cur-size-all-mem-tables")
     }
 
     /// The most sorted runs in one partition: each level-0 file is one, and so is each other
@@ -543,24 +551,22 @@ impl Store for RocksStore {
         // Every operand, back to back: written to the batch, then folded into the index.
         let mut operands = Vec::with_capacity(items.len() * (64 + 320));
         let mut written: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(items.len());
-        // Values of epochs the index answers for, as one journal entry.
-        let mut entry = Vec::new();
-        // A batch nearly always spans one or two epochs: resolve each partition once, and
-        // whether its values go to the journal.
-        type Slot<'a> = (
-            Epoch,
-            Result<Arc<rocksdb::BoundColumnFamily<'a>>, StoreError>,
-            bool,
-        );
-        let mut handles: Vec<Slot<'_>> = Vec::with_capacity(2);
+        // A batch nearly always spans one or two epochs: resolve each partition once, and its
+        // log when the epoch's values are logged (they become one log entry).
+        struct Slot<'a> {
+            epoch: Epoch,
+            partition: Result<Arc<rocksdb::BoundColumnFamily<'a>>, StoreError>,
+            log: Option<(Arc<rocksdb::BoundColumnFamily<'a>>, Vec<u8>)>,
+        }
+        let mut slots: Vec<Slot<'_>> = Vec::with_capacity(2);
         for (i, it) in items.iter().enumerate() {
             if results[i].is_err() {
                 continue;
             }
-            let slot = match handles.iter().position(|(e, _, _)| *e == it.epoch) {
+            let at = match slots.iter().position(|s| s.epoch == it.epoch) {
                 Some(p) => p,
                 None => {
-                    let h = self.ensure_partition(it.epoch).and_then(|()| {
+                    let partition = self.ensure_partition(it.epoch).and_then(|()| {
                         self.db.cf_handle(&cf_name(it.epoch)).ok_or_else(|| {
                             // Dropped between creation and now: the epoch has just expired.
                             StoreError::Expired {
@@ -569,15 +575,23 @@ impl Store for RocksStore {
                             }
                         })
                     });
-                    let journaled = self.index.journaled(it.epoch)
-                        && self.journal_pending.load(Ordering::Relaxed) < self.opts.journal_bytes;
-                    handles.push((it.epoch, h, journaled));
-                    handles.len() - 1
+                    let log = partition
+                        .is_ok()
+                        .then(|| self.log_handle(it.epoch))
+                        .flatten()
+                        .map(|log| (log, Vec::new()));
+                    slots.push(Slot {
+                        epoch: it.epoch,
+                        partition,
+                        log,
+                    });
+                    slots.len() - 1
                 }
             };
-            let (cf, journaled) = match &handles[slot] {
-                (_, Ok(cf), journaled) => (cf, *journaled),
-                (_, Err(e), _) => {
+            let Slot { partition, log, .. } = &mut slots[at];
+            let cf = match partition {
+                Ok(cf) => cf,
+                Err(e) => {
                     results[i] = Err(e.clone());
                     self.ledger().release(items, std::iter::once(i));
                     continue;
@@ -585,38 +599,35 @@ impl Store for RocksStore {
             };
             let at = operands.len();
             valueset::encode_one(it.stamp, it.value, &mut operands);
-            if journaled {
-                if entry.is_empty() {
-                    // One allocation for the entry instead of doubling it along the batch.
-                    entry.reserve(
-                        items[i..]
-                            .iter()
-                            .map(|it| journal::record_len(it.value.len()))
-                            .sum(),
-                    );
+            match log {
+                Some((_, entry)) => {
+                    if entry.is_empty() {
+                        // One allocation for the entry instead of doubling it along the batch.
+                        entry.reserve(
+                            items[i..]
+                                .iter()
+                                .filter(|x| x.epoch == it.epoch)
+                                .map(|x| journal::record_len(x.value.len()))
+                                .sum(),
+                        );
+                    }
+                    journal::push(entry, it.epoch, &it.key, &operands[at..]);
                 }
-                journal::push(&mut entry, it.epoch, &it.key, &operands[at..]);
-            } else {
-                batch.merge_cf(cf, it.key.0, &operands[at..]);
+                None => batch.merge_cf(cf, it.key.0, &operands[at..]),
             }
             written.push((i, at..operands.len()));
         }
         if written.is_empty() {
             return results;
         }
-        let seq = (!entry.is_empty()).then(|| self.journal_seq.fetch_add(1, Ordering::Relaxed));
-        let stored = match seq {
-            Some(s) => self
-                .journal_cf()
-                .map(|journal| batch.put_cf(&journal, s.to_be_bytes(), &entry)),
-            None => Ok(()),
+        for (log, entry) in slots.iter().filter_map(|s| s.log.as_ref()) {
+            if !entry.is_empty() {
+                let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
+                batch.put_cf(log, seq.to_be_bytes(), entry);
+            }
         }
-        .and_then(|()| {
-            self.db
-                .write_opt(batch, &self.write_opts)
-                .map_err(|e| StoreError::engine("put", e))
-        });
-        if let Err(err) = stored {
+        if let Err(e) = self.db.write_opt(batch, &self.write_opts) {
+            let err = StoreError::engine("put", e);
             self.ledger()
                 .release(items, written.iter().map(|(i, _)| *i));
             for (i, _) in written {
@@ -630,14 +641,8 @@ impl Store for RocksStore {
             self.index
                 .merge(it.epoch, it.key, &operands[range], max_values);
         }
-        // An epoch this batch pushed over the index budget is retired by the next apply.
-        let Some(seq) = seq else {
-            return results;
-        };
-        let len = entry.len() as u64;
-        // Pushed before the gate is released: an exclusive holder sees every written entry.
-        self.journal_entries().push((seq, entry));
-        self.journal_pending.fetch_add(len, Ordering::Relaxed);
+        // Merged before the gate is released: retiring an epoch that this batch pushed over the
+        // index budget waits for it (see `apply_journal`).
         drop(gate);
         results
     }
@@ -693,6 +698,13 @@ impl Store for RocksStore {
             self.db
                 .drop_cf(&cf_name(epoch))
                 .map_err(|e| StoreError::engine("drop", e))?;
+            // After the partition: a log left by a crash between the two is applied at open
+            // and finds no partition, so the expired values stay gone.
+            if self.db.cf_handle(&log_name(epoch)).is_some() {
+                self.db
+                    .drop_cf(&log_name(epoch))
+                    .map_err(|e| StoreError::engine("drop", e))?;
+            }
             parts.remove(&epoch);
             dropped.push(epoch);
         }
@@ -706,13 +718,23 @@ impl Store for RocksStore {
         upto: Id,
         visit: &mut ScanVisitor<'_>,
     ) -> Result<(), StoreError> {
-        // The partitions must hold everything acknowledged before they are iterated.
-        self.apply_journal()?;
         for epoch in self.list_epochs() {
-            let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
-                continue;
-            };
-            for (start, end) in ring_ranges(after, upto) {
+            for range in ring_ranges(after, upto) {
+                // An epoch the index answers for is read there: its newest values are in its
+                // log, not in its partition.
+                if let Some(found) = self.index.scan(epoch, &range) {
+                    for (key, set) in found {
+                        let values = valueset::decode(&set).map_err(StoreError::from)?;
+                        if visit(epoch, key, &values) == ControlFlow::Break(()) {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                let Some(cf) = self.db.cf_handle(&cf_name(epoch)) else {
+                    continue;
+                };
+                let (start, end) = range;
                 let mode = rocksdb::IteratorMode::From(&start.0, rocksdb::Direction::Forward);
                 for item in self.db.iterator_cf(&cf, mode) {
                     let (k, v) = item.map_err(|e| StoreError::engine("scan", e))?;
@@ -740,29 +762,37 @@ impl Store for RocksStore {
         self.ledger().stats()
     }
 
-    fn journal_bytes(&self) -> u64 {
-        self.journal_pending.load(Ordering::Relaxed)
-    }
-
     fn apply_journal(&self) -> Result<u64, StoreError> {
-        if self.index.has_overflowed() {
-            // The bulk while writers go on; then, exclusive, the rest: every batch that
-            // journaled values of the overflowed epochs has written them, and later batches
-            // write those epochs directly.
-            let mut moved = {
-                let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
-                self.apply_journal_locked()?
-            };
-            let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
-            moved += self.apply_journal_locked()?;
-            self.index.retire_overflowed();
-            return Ok(moved);
-        }
-        if self.journal_pending.load(Ordering::Relaxed) == 0 {
+        let epochs = self.index.overflowed();
+        if epochs.is_empty() {
             return Ok(0);
         }
-        let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
-        self.apply_journal_locked()
+        let _apply = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The epochs are marked overflowed, so no batch that starts now logs their values; the
+        // batches that may still be doing so hold the gate: once they are through, the logs
+        // stay as they are.
+        drop(self.write_gate.write().unwrap_or_else(|p| p.into_inner()));
+        let mut moved = 0;
+        {
+            // The bulk while writers go on (writing those epochs' partitions directly).
+            let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
+            for e in &epochs {
+                moved += self.apply_log(&log_name(*e))?;
+            }
+        }
+        // Exclusive: no batch holds a handle of the logs being dropped, and no merge into the
+        // index runs while the epochs are retired.
+        let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
+        for e in &epochs {
+            let name = log_name(*e);
+            if self.db.cf_handle(&name).is_some() {
+                self.db
+                    .drop_cf(&name)
+                    .map_err(|e| StoreError::engine("retire", e))?;
+            }
+        }
+        self.index.retire(&epochs);
+        Ok(moved)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -796,7 +826,11 @@ impl Store for RocksStore {
             ),
             (EngineStat::WalBytes, wal_bytes),
             (EngineStat::IndexBytes, self.index.used_bytes()),
-            (EngineStat::JournalBytes, self.journal_bytes()),
+            (EngineStat::JournalBytes, self.log_bytes()),
+            (
+                EngineStat::OverflowedEpochs,
+                self.index.overflowed().len() as u64,
+            ),
             (
                 EngineStat::PendingCompactionBytes,
                 self.property_sum("rocksdb.estimate-pending-compaction-bytes"),
@@ -816,11 +850,4 @@ impl Store for RocksStore {
             ),
         ]
     }
-}
-
-/// Subtracts without wrapping (the pending count is approximate across concurrent writers).
-fn sub_saturating(counter: &AtomicU64, n: u64) {
-    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-        Some(v.saturating_sub(n))
-    });
 }

@@ -144,17 +144,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// calls this from a thread of its own.
     fn sync(&self) -> Result<(), StoreError>;
 
-    /// Moves values a backend holds in a write journal into their partitions; returns how many.
-    /// The node calls it about once a second, or sooner when [`Store::journal_bytes`] grows,
-    /// from a thread of its own (`tarn_node::maintenance::apply_journal_while`; the journal
-    /// keeps inserts to sequential appends, see `RocksStore`). Backends without one do nothing.
+    /// Moves the logged values of epochs that overflowed the memory-resident index into their
+    /// partitions and retires those epochs from the index (their reads go to the partitions
+    /// from then on); returns the values moved. The node calls it every 50 ms from a thread of
+    /// its own (`tarn_node::maintenance::apply_journal_while`; the logs keep inserts to
+    /// sequential appends, see `RocksStore`). Backends without logs do nothing.
     fn apply_journal(&self) -> Result<u64, StoreError> {
         Ok(0)
-    }
-
-    /// Bytes held in the write journal, not yet in their partitions.
-    fn journal_bytes(&self) -> u64 {
-        0
     }
 
     /// Storage-engine figures for metrics, as `(name, value)`; names are stable
@@ -183,8 +179,12 @@ pub enum EngineStat {
     DelayedWriteRate,
     /// Bytes held by the memory-resident index of live epochs.
     IndexBytes,
-    /// Bytes of journal entries not yet moved into their partitions.
+    /// Bytes in the live epochs' logs (inserts the index answers for, moved into their
+    /// partitions at the next open).
     JournalBytes,
+    /// Epochs that outgrew the index and wait for their logs to be moved into their partitions
+    /// (meanwhile the index holds them over its budget).
+    OverflowedEpochs,
     /// The most sorted runs in any one partition (level-0 files and non-empty levels): what
     /// universal compaction has yet to merge (it starts at 16; RocksDB slows writes to a
     /// partition at 48 and stops them at 64).

@@ -356,7 +356,7 @@ fn journal_bytes(s: &dyn Store) -> u64 {
 }
 
 #[test]
-fn journaled_values_survive_a_reopen_without_an_apply() {
+fn logged_values_survive_a_reopen_without_an_apply() {
     let dir = tempfile::tempdir().unwrap();
     let open = |index_bytes| {
         open_rocks(
@@ -378,18 +378,32 @@ fn journaled_values_survive_a_reopen_without_an_apply() {
         )
         .unwrap();
     }
-    assert!(journal_bytes(&s) > 0, "indexed epochs are journaled");
+    assert!(journal_bytes(&s) > 0, "indexed epochs are logged");
     let live: Vec<_> = (0..100u8)
         .map(|k| s.get(Epoch(1), &key(k)).unwrap())
         .collect();
-    // Closed with everything still in the journal: what a crash after the acknowledgements
-    // leaves (the journal entries are in RocksDB's log), and a crash mid-apply leaves a
-    // half-built SST file behind.
+    // Applying moves nothing while the index holds the epochs; a scan finds every key (from
+    // the index: the partitions hold none of them).
+    assert_eq!(s.apply_journal().unwrap(), 0);
+    let mut scanned = Vec::new();
+    s.scan_range(Id([0; 32]), Id([0; 32]), &mut |e, k, v| {
+        scanned.push((e, k, v.len()));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(scanned.len(), 100);
+    assert!(
+        scanned.iter().all(|(_, _, n)| *n == 3),
+        "three values per key"
+    );
+    // Closed with everything still in the logs: what a crash after the acknowledgements
+    // leaves (the log entries are in RocksDB's WAL or flushed files), and a crash mid-apply
+    // leaves a half-built SST file behind.
     drop(s);
     let orphan = dir.path().join("ingest/00000000deadbeef.sst");
     std::fs::write(&orphan, b"half an SST").unwrap();
-    // Reopened without the index, every read goes to the partitions: recovery moved the
-    // journal there.
+    // Reopened without the index, every read goes to the partitions: the open moved the logs
+    // there.
     let s = open(0);
     assert_eq!(journal_bytes(&s), 0);
     assert!(!orphan.exists(), "half-built files are removed at open");
@@ -405,41 +419,53 @@ fn journaled_values_survive_a_reopen_without_an_apply() {
         .map(|k| s.get(Epoch(1), &key(k)).unwrap())
         .collect();
     assert_eq!(again, live);
+    let mut rescanned = Vec::new();
+    s.scan_range(Id([0; 32]), Id([0; 32]), &mut |e, k, v| {
+        rescanned.push((e, k, v.len()));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(rescanned, scanned);
 }
 
 #[test]
-fn each_apply_adds_a_sorted_run_that_the_backlog_figure_counts() {
+fn each_reopen_that_applies_a_log_adds_a_sorted_run_that_the_backlog_figure_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open_rocks(dir.path(), RocksOptions::default());
     let runs = |s: &RocksStore| {
         s.engine_stats()
             .into_iter()
             .find(|(stat, _)| *stat == EngineStat::MaxSortedRuns)
             .map(|(_, v)| v)
     };
+    let s = open_rocks(dir.path(), RocksOptions::default());
     assert_eq!(
         runs(&s),
         Some(0),
         "a store without partitions has no backlog"
     );
-    // Three applies of journaled values whose keys span the same range (as hashed keys do),
-    // each one ingested file in the epoch's partition: three sorted runs, far below the 16
-    // that start a compaction.
+    drop(s);
+    // Three rounds of logged values whose keys span the same range (as hashed keys do), each
+    // moved into the partition by the next open as one ingested file: three sorted runs, far
+    // below the 16 that start a compaction.
     for round in 0..3u8 {
+        let s = open_rocks(dir.path(), RocksOptions::default());
         for i in 0..20u8 {
             s.put(Epoch(5), key(i * 12 + round), 1, &[i; 40]).unwrap();
         }
-        assert!(s.apply_journal().unwrap() > 0);
+        // Another epoch's single file does not add to the most in one partition.
+        if round == 2 {
+            s.put(Epoch(6), key(1), 1, b"v").unwrap();
+        }
+        assert_eq!(s.apply_journal().unwrap(), 0, "nothing overflowed");
+        drop(s);
     }
+    let s = open_rocks(dir.path(), RocksOptions::default());
     assert_eq!(runs(&s), Some(3));
-    // Another epoch's single file does not add to the most in one partition.
-    s.put(Epoch(6), key(1), 1, b"v").unwrap();
-    s.apply_journal().unwrap();
-    assert_eq!(runs(&s), Some(3));
+    assert_eq!(journal_bytes(&s), 0, "the open dropped the logs it applied");
 }
 
 #[test]
-fn an_overflowing_epoch_is_retired_only_after_the_journal_holds_none_of_it() {
+fn an_overflowing_epoch_is_retired_only_after_its_log_is_in_the_partition() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_rocks(
         dir.path(),
@@ -448,17 +474,25 @@ fn an_overflowing_epoch_is_retired_only_after_the_journal_holds_none_of_it() {
             ..Default::default()
         },
     );
-    // Journaled while the index holds the epoch, then over the budget.
+    // Logged while the index holds the epoch, then over the budget.
     for i in 0..200u8 {
         s.put(Epoch(3), key(i), 1, &[i; 60]).unwrap();
     }
     assert!(journal_bytes(&s) > 0);
-    // Until the journal is applied, the index still answers (RocksDB lacks the early values).
+    // Until the log is applied, the index still answers (the partition lacks the early values).
     for i in 0..200u8 {
         assert_eq!(s.get(Epoch(3), &key(i)).unwrap()[0].value, vec![i; 60]);
     }
+    let overflowed = |s: &RocksStore| {
+        s.engine_stats()
+            .into_iter()
+            .find(|(stat, _)| *stat == EngineStat::OverflowedEpochs)
+            .map(|(_, v)| v)
+    };
+    assert_eq!(overflowed(&s), Some(1));
     assert!(s.apply_journal().unwrap() > 0);
     assert_eq!(journal_bytes(&s), 0);
+    assert_eq!(overflowed(&s), Some(0));
     // Retired: the index let go of the epoch, and RocksDB answers with every value.
     assert!(index_bytes(&s) < 8 << 10);
     for i in 0..200u8 {
@@ -474,7 +508,7 @@ fn an_overflowing_epoch_is_retired_only_after_the_journal_holds_none_of_it() {
 }
 
 #[test]
-fn journal_applies_race_writes_and_expiry_without_losing_a_live_value() {
+fn retiring_overflowed_epochs_races_writes_and_expiry_without_losing_a_live_value() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(open_rocks(
         dir.path(),
@@ -541,7 +575,7 @@ fn journal_applies_race_writes_and_expiry_without_losing_a_live_value() {
         checked > 1000,
         "most writes were to live epochs ({checked})"
     );
-    // The partitions hold them too (a scan reads RocksDB only).
+    // A scan finds them too (from the index, or the partition of an epoch retired from it).
     let mut scanned = 0;
     s.scan_range(Id([0; 32]), Id([0; 32]), &mut |_, _, _| {
         scanned += 1;
@@ -552,46 +586,78 @@ fn journal_applies_race_writes_and_expiry_without_losing_a_live_value() {
 }
 
 #[test]
-fn a_journal_nobody_applies_stays_bounded_and_writes_go_on() {
+fn an_epochs_log_goes_with_it_and_without_the_journal_writes_go_to_the_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |journal_bytes| {
+    let open = |journal| {
         open_rocks(
             dir.path(),
             RocksOptions {
-                journal_bytes,
+                journal,
                 ..Default::default()
             },
         )
     };
-    let s = open(4096);
+    let s = open(true);
+    s.prepare_epochs(Epoch(6), Epoch(7)).unwrap();
     for i in 0..250u8 {
         s.put(Epoch(6), key(i), 1, &[i; 50]).unwrap();
-        // At most one batch past the bound: then writes go to the partition directly.
-        assert!(journal_bytes(&s) < 4096 + 200, "{}", journal_bytes(&s));
     }
-    for i in 0..250u8 {
-        assert_eq!(s.get(Epoch(6), &key(i)).unwrap()[0].value, vec![i; 50]);
-    }
+    s.put(Epoch(7), key(1), 1, b"next").unwrap();
+    let both = journal_bytes(&s);
+    assert!(both > 250 * 50, "{both}");
+    // Expiry drops an epoch's log with its partition.
+    let report = s.drop_epochs_before(Epoch(7)).unwrap();
+    assert_eq!(report.dropped, vec![Epoch(6)]);
+    assert!(journal_bytes(&s) < both - 250 * 50);
+    assert_eq!(
+        s.get(Epoch(6), &key(1)).unwrap(),
+        vec![],
+        "expired with its epoch"
+    );
     drop(s);
-    // Journaled and direct values alike are there after a reopen, read from the partitions.
-    let s = RocksStore::open(
-        dir.path(),
-        RocksOptions {
-            index_bytes: 0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    for i in 0..250u8 {
-        assert_eq!(s.get(Epoch(6), &key(i)).unwrap()[0].value, vec![i; 50]);
-    }
-    drop(s);
-    // No journal at all.
-    let s = open(0);
-    s.put(Epoch(6), key(1), 2, b"direct").unwrap();
+    // No journal at all: the value goes to its partition, and the open found no log of epoch 6
+    // to bring back.
+    let s = open(false);
+    assert_eq!(journal_bytes(&s), 0);
+    assert_eq!(s.live_epochs(), vec![Epoch(7)]);
+    s.put(Epoch(7), key(2), 2, b"direct").unwrap();
     assert_eq!(journal_bytes(&s), 0);
     assert_eq!(
-        s.get(Epoch(6), &key(1)).unwrap()[0].value,
+        s.get(Epoch(7), &key(2)).unwrap()[0].value,
         b"direct".to_vec()
     );
+    assert_eq!(s.get(Epoch(7), &key(1)).unwrap()[0].value, b"next".to_vec());
+}
+
+#[test]
+fn a_store_with_the_single_journal_of_earlier_builds_opens_with_its_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let partition = "e-00000000000000000009";
+    {
+        // What an earlier build left after a crash: an acknowledged batch in the `journal`
+        // column family (key: sequence number; value: epoch | key | length | operand, back to
+        // back), not yet applied to the epoch's partition.
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), ["journal", partition]).unwrap();
+        let mut entry = Vec::new();
+        for (k, v) in [(1u8, &b"one"[..]), (2, b"two")] {
+            let mut operand = Vec::new();
+            tarn_store::valueset::encode_one(7, v, &mut operand);
+            entry.extend_from_slice(&9u64.to_le_bytes());
+            entry.extend_from_slice(&key(k).0);
+            entry.extend_from_slice(&(operand.len() as u32).to_le_bytes());
+            entry.extend_from_slice(&operand);
+        }
+        let journal = db.cf_handle("journal").unwrap();
+        db.put_cf(&journal, 0u64.to_be_bytes(), &entry).unwrap();
+    }
+    let s = open_rocks(dir.path(), RocksOptions::default());
+    assert_eq!(s.get(Epoch(9), &key(1)).unwrap()[0].value, b"one".to_vec());
+    assert_eq!(s.get(Epoch(9), &key(2)).unwrap()[0].value, b"two".to_vec());
+    assert_eq!(s.stats().epochs.iter().map(|e| e.records).sum::<u64>(), 2);
+    drop(s);
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+    assert!(!cfs.iter().any(|c| c == "journal"), "{cfs:?}");
 }
