@@ -513,7 +513,7 @@ impl Metrics {
                     (
                         S::JournalBytes,
                         "tarn_journal_bytes",
-                        "Bytes in the live epochs' logs (inserts of epochs the index holds; moved into their partitions at the next start)",
+                        "Bytes in the live epochs' logs (inserts of epochs the index holds; read back into it at the next start)",
                     ),
                     (
                         S::OverflowedEpochs,

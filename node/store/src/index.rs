@@ -103,14 +103,11 @@ impl LiveIndex {
         });
     }
 
-    /// Loads one stored set of `epoch` (at open, before writes; RocksDB holds everything, so an
-    /// epoch that overflows is retired at once).
-    pub(crate) fn fill(&self, epoch: Epoch, key: Key, set: &[u8]) {
-        if let Some(idx) = self.find(epoch) {
-            if self.put_set(epoch, &idx, key, set.to_vec()) {
-                self.retire_overflowed();
-            }
-        }
+    /// Loads one stored set of `epoch` (at open, before writes). Returns whether this pushed
+    /// the epoch over the budget (the store then retires it once its partition holds all of it).
+    pub(crate) fn fill(&self, epoch: Epoch, key: Key, set: &[u8]) -> bool {
+        self.find(epoch)
+            .is_some_and(|idx| self.put_set(epoch, &idx, key, set.to_vec()))
     }
 
     /// Whether a write to `epoch` may be acknowledged from the epoch's log: the index holds the
@@ -123,13 +120,14 @@ impl LiveIndex {
     }
 
     /// Folds a written operand into the key's set. An epoch this pushes over the budget is
-    /// marked overflowed ([`LiveIndex::overflowed`]) for the store to retire.
-    pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) {
+    /// marked overflowed ([`LiveIndex::overflowed`]) for the store to retire; returns whether
+    /// this merge did so.
+    pub(crate) fn merge(&self, epoch: Epoch, key: Key, operand: &[u8], max_values: usize) -> bool {
         let Some(idx) = self.find(epoch) else {
-            return;
+            return false;
         };
         if !idx.complete.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         // Bytes before and after: an eviction can shrink a set, and the budget follows it.
         let (mut before, mut after) = (0u64, 0u64);
@@ -148,14 +146,14 @@ impl LiveIndex {
                 set
             });
         if after >= before {
-            self.account(epoch, &idx, after - before);
-        } else {
-            let freed = before - after;
-            sub_saturating(&idx.bytes, freed);
-            if !idx.overflowed.load(Ordering::Acquire) {
-                sub_saturating(&self.used, freed);
-            }
+            return self.account(epoch, &idx, after - before);
         }
+        let freed = before - after;
+        sub_saturating(&idx.bytes, freed);
+        if !idx.overflowed.load(Ordering::Acquire) {
+            sub_saturating(&self.used, freed);
+        }
+        false
     }
 
     fn put_set(&self, epoch: Epoch, idx: &Arc<EpochIndex>, key: Key, set: Vec<u8>) -> bool {
@@ -193,12 +191,6 @@ impl LiveIndex {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// Retires every overflowed epoch ([`LiveIndex::retire`]).
-    pub(crate) fn retire_overflowed(&self) {
-        let epochs = std::mem::take(&mut *self.to_retire.lock().unwrap_or_else(|p| p.into_inner()));
-        self.retire(&epochs);
     }
 
     /// Retires `epochs` (overflowed ones): their reads go to the durable store from now on. The

@@ -23,16 +23,18 @@
 //!   insert is written twice (WAL, then one flush of the log's memtable, sequential and never
 //!   compacted: its keys only grow) where moving it into the partition cost an SST build, a
 //!   merge-operator compaction rewriting it a few times, and the journal's delete (BENCHMARKS.md,
-//!   tenth round) — the same shape as Redis's memory plus append-only file. The log becomes
-//!   keyed partition data in two cases only: at open, before anything reads (each log is sorted
-//!   into one SST file per 16 MiB and ingested, then dropped; the index is refilled from the
-//!   partitions), and when an epoch overflows the index: [`Store::apply_journal`] (the node
-//!   calls it every 50 ms from a thread of its own) waits for the batches that were logging it,
-//!   moves its log into the partition, drops the log and retires the epoch from the index;
-//!   writes to it went straight to the partition from the overflow on. A crash at any point
-//!   leaves every value in a log, in its partition, or in both (merging twice is harmless: the
-//!   merge is idempotent). A store written by a build with the single `journal` column family
-//!   has it applied and dropped at open.
+//!   tenth round) — the same shape as Redis's memory plus append-only file. Opening the store
+//!   replays each log into the index after the partition's sets (a sequential read, as fast as
+//!   the partition scan) and keeps it; later entries take keys after its last. A log becomes
+//!   keyed partition data only when its epoch does not fit in the index: at open (then, and
+//!   when there is no index, it is sorted into one SST file per 16 MiB, ingested and dropped
+//!   before anything reads), or when the epoch overflows the index while the node runs:
+//!   [`Store::apply_journal`] (the node calls it every 50 ms from a thread of its own) waits for
+//!   the batches that were logging it, moves its log into the partition, drops the log and
+//!   retires the epoch from the index; writes to it went straight to the partition from the
+//!   overflow on. A crash at any point leaves every value in a log, in its partition, or in
+//!   both (merging twice is harmless: the merge is idempotent). A store written by a build with
+//!   the single `journal` column family has it applied and dropped at open.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -169,6 +171,10 @@ fn log_name(e: Epoch) -> String {
     format!("{LOG_PREFIX}{:020}", e.0)
 }
 
+fn parse_log_name(name: &str) -> Option<Epoch> {
+    name.strip_prefix(LOG_PREFIX)?.parse().ok().map(Epoch)
+}
+
 impl RocksStore {
     /// Opens (or creates) the store at `path`, listing and reopening every existing partition
     /// and recounting its figures (a scan whose cost grows with the data held; it runs once at
@@ -275,12 +281,20 @@ impl RocksStore {
         let _ = std::fs::remove_dir_all(&ingest);
         std::fs::create_dir_all(&ingest)
             .map_err(|e| StoreError::engine("open", format!("{}: {e}", ingest.display())))?;
-        // The logs go into their partitions before anything reads them; the index is then
-        // filled from the partitions.
+        // A log is kept, and replayed into the index by the recount, when there is an index to
+        // answer for its epoch; otherwise (no index, the epoch's partition is gone — expired —,
+        // or the single journal of earlier builds) it goes into its partitions now, before
+        // anything reads them.
+        let parts = store.list_epochs();
         for name in existing
             .iter()
             .filter(|n| n.starts_with(LOG_PREFIX) || *n == LEGACY_JOURNAL_CF)
         {
+            let kept = store.opts.index_bytes > 0
+                && parse_log_name(name).is_some_and(|e| parts.contains(&e));
+            if kept {
+                continue;
+            }
             store.apply_log(name)?;
             store
                 .db
@@ -411,10 +425,15 @@ impl RocksStore {
         built.map_err(|e| StoreError::engine("apply journal", e))
     }
 
+    /// Recounts every partition's figures and fills the index: each partition's sets, then its
+    /// epoch's log on top (values that are in no partition). An epoch that does not fit in the
+    /// index has its log moved into its partition and is retired at once.
     fn recount(&self) -> Result<(), StoreError> {
         // Lock order everywhere: partitions before ledger.
         let epochs = self.list_epochs();
         let mut ledger = self.ledger();
+        let max_values = self.opts.limits.max_values_per_key as usize;
+        let mut next_seq = 0u64;
         for epoch in epochs {
             let cf = self
                 .db
@@ -424,20 +443,60 @@ impl RocksStore {
                 epoch,
                 ..Default::default()
             };
-            // The same scan fills the index of live epochs.
+            // The same scans fill the index of live epochs, until the epoch overflows it.
             self.index.add_epoch(epoch);
+            let mut overflowed = false;
             for item in self.db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
                 let (k, v) = item.map_err(|e| StoreError::engine("open", e))?;
-                if let Ok(kb) = <[u8; 32]>::try_from(&k[..]) {
-                    self.index.fill(epoch, Key(kb), &v);
+                if let (false, Ok(kb)) = (overflowed, <[u8; 32]>::try_from(&k[..])) {
+                    overflowed = self.index.fill(epoch, Key(kb), &v);
                 }
                 let (n, b) = valueset::measure(&v);
                 stats.records += n;
                 stats.bytes += b;
             }
+            let name = log_name(epoch);
+            if let Some(log) = self.db.cf_handle(&name) {
+                let mut read = rocksdb::ReadOptions::default();
+                read.fill_cache(false);
+                for item in self
+                    .db
+                    .iterator_cf_opt(&log, read, rocksdb::IteratorMode::Start)
+                {
+                    let (k, entry) = item.map_err(|e| StoreError::engine("open", e))?;
+                    if let Ok(seq) = <[u8; 8]>::try_from(&k[..]) {
+                        // Later entries of the log must not reuse a key.
+                        next_seq = next_seq.max(u64::from_be_bytes(seq).saturating_add(1));
+                    }
+                    for r in journal::records(&entry) {
+                        let (e, key, operand) = r.map_err(|e| StoreError::engine("open", e))?;
+                        if e != epoch {
+                            return Err(StoreError::engine("open", "log entry of another epoch"));
+                        }
+                        if !overflowed {
+                            overflowed = self.index.merge(epoch, key, operand, max_values);
+                        }
+                        let (n, b) = valueset::measure(operand);
+                        stats.records += n;
+                        stats.bytes += b;
+                    }
+                }
+                if overflowed {
+                    drop(log);
+                    self.apply_log(&name)?;
+                    self.db
+                        .drop_cf(&name)
+                        .map_err(|e| StoreError::engine("open", e))?;
+                }
+            }
+            if overflowed {
+                // The partition holds every value of the epoch now: reads go there.
+                self.index.retire(&[epoch]);
+            }
             ledger.total_bytes += stats.bytes;
             ledger.epochs.insert(epoch, stats);
         }
+        self.log_seq.store(next_seq, Ordering::Relaxed);
         if let Some(first) = ledger.epochs.keys().next().copied() {
             ledger.floor = first;
         }
@@ -515,8 +574,8 @@ impl RocksStore {
             .collect()
     }
 
-    /// Bytes in the epochs' logs (memtables and files): what the next open moves into the
-    /// partitions.
+    /// Bytes in the epochs' logs (memtables and files): what the next open reads back into the
+    /// index.
     fn log_bytes(&self) -> u64 {
         let logs = self.log_cfs();
         self.sum_over(&logs, "rocksdb.total-sst-files-size")

@@ -179,8 +179,8 @@ pub enum EngineStat {
     DelayedWriteRate,
     /// Bytes held by the memory-resident index of live epochs.
     IndexBytes,
-    /// Bytes in the live epochs' logs (inserts the index answers for, moved into their
-    /// partitions at the next open).
+    /// Bytes in the live epochs' logs (inserts of epochs the index answers for, read back into
+    /// it at the next open).
     JournalBytes,
     /// Epochs that outgrew the index and wait for their logs to be moved into their partitions
     /// (meanwhile the index holds them over its budget).

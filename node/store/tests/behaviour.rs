@@ -429,13 +429,22 @@ fn logged_values_survive_a_reopen_without_an_apply() {
 }
 
 #[test]
-fn each_reopen_that_applies_a_log_adds_a_sorted_run_that_the_backlog_figure_counts() {
+fn each_log_moved_into_its_partition_adds_a_sorted_run_that_the_backlog_figure_counts() {
     let dir = tempfile::tempdir().unwrap();
     let runs = |s: &RocksStore| {
         s.engine_stats()
             .into_iter()
             .find(|(stat, _)| *stat == EngineStat::MaxSortedRuns)
             .map(|(_, v)| v)
+    };
+    let without_index = || {
+        open_rocks(
+            dir.path(),
+            RocksOptions {
+                index_bytes: 0,
+                ..Default::default()
+            },
+        )
     };
     let s = open_rocks(dir.path(), RocksOptions::default());
     assert_eq!(
@@ -445,8 +454,8 @@ fn each_reopen_that_applies_a_log_adds_a_sorted_run_that_the_backlog_figure_coun
     );
     drop(s);
     // Three rounds of logged values whose keys span the same range (as hashed keys do), each
-    // moved into the partition by the next open as one ingested file: three sorted runs, far
-    // below the 16 that start a compaction.
+    // moved into the partition by an open without an index (nothing to replay the log into)
+    // as one ingested file: three sorted runs, far below the 16 that start a compaction.
     for round in 0..3u8 {
         let s = open_rocks(dir.path(), RocksOptions::default());
         for i in 0..20u8 {
@@ -457,11 +466,65 @@ fn each_reopen_that_applies_a_log_adds_a_sorted_run_that_the_backlog_figure_coun
             s.put(Epoch(6), key(1), 1, b"v").unwrap();
         }
         assert_eq!(s.apply_journal().unwrap(), 0, "nothing overflowed");
+        assert!(journal_bytes(&s) > 0);
         drop(s);
+        drop(without_index());
     }
-    let s = open_rocks(dir.path(), RocksOptions::default());
+    let s = without_index();
     assert_eq!(runs(&s), Some(3));
-    assert_eq!(journal_bytes(&s), 0, "the open dropped the logs it applied");
+    assert_eq!(
+        journal_bytes(&s),
+        0,
+        "the opens dropped the logs they moved"
+    );
+}
+
+#[test]
+fn a_reopened_log_is_replayed_into_the_index_and_kept_or_moved_when_it_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |index_bytes| {
+        open_rocks(
+            dir.path(),
+            RocksOptions {
+                index_bytes,
+                ..Default::default()
+            },
+        )
+    };
+    let s = open(1 << 20);
+    for i in 0..50u8 {
+        s.put(Epoch(4), key(i), 1, &[i; 60]).unwrap();
+    }
+    drop(s);
+    // Replayed into the index, and the log stays (nothing moved into the partition)...
+    let s = open(1 << 20);
+    assert!(journal_bytes(&s) > 0);
+    assert!(index_bytes(&s) > 50 * 60);
+    // ...and takes later entries under keys of its own: an entry that reused a key would
+    // replace an acknowledged one.
+    for i in 50..100u8 {
+        s.put(Epoch(4), key(i), 1, &[i; 60]).unwrap();
+    }
+    s.put(Epoch(4), key(3), 2, b"second").unwrap();
+    drop(s);
+    let s = open(1 << 20);
+    for i in 0..100u8 {
+        let got = s.get(Epoch(4), &key(i)).unwrap();
+        assert_eq!(got.last().unwrap().value, vec![i; 60], "key {i}");
+    }
+    assert_eq!(s.get(Epoch(4), &key(3)).unwrap().len(), 2);
+    assert_eq!(s.stats().epochs.iter().map(|e| e.records).sum::<u64>(), 101);
+    drop(s);
+    // Reopened with an index too small for the epoch: its log goes into the partition, the
+    // epoch is read from there, and the figures are the same.
+    let s = open(2 << 10);
+    assert_eq!(journal_bytes(&s), 0);
+    assert!(index_bytes(&s) < 2 << 10);
+    for i in 0..100u8 {
+        let got = s.get(Epoch(4), &key(i)).unwrap();
+        assert_eq!(got.last().unwrap().value, vec![i; 60], "key {i}");
+    }
+    assert_eq!(s.stats().epochs.iter().map(|e| e.records).sum::<u64>(), 101);
 }
 
 #[test]
@@ -615,13 +678,14 @@ fn an_epochs_log_goes_with_it_and_without_the_journal_writes_go_to_the_partition
         "expired with its epoch"
     );
     drop(s);
-    // No journal at all: the value goes to its partition, and the open found no log of epoch 6
-    // to bring back.
+    // No journal: the open found no log of epoch 6 to bring back and replayed epoch 7's into
+    // the index (it stays until the epoch expires), and a new value goes to its partition.
     let s = open(false);
-    assert_eq!(journal_bytes(&s), 0);
     assert_eq!(s.live_epochs(), vec![Epoch(7)]);
+    let kept = journal_bytes(&s);
+    assert!(kept > 0);
     s.put(Epoch(7), key(2), 2, b"direct").unwrap();
-    assert_eq!(journal_bytes(&s), 0);
+    assert_eq!(journal_bytes(&s), kept);
     assert_eq!(
         s.get(Epoch(7), &key(2)).unwrap()[0].value,
         b"direct".to_vec()
