@@ -1,6 +1,6 @@
 //! Background work off the executors: epoch GC with partition preparation, the periodic WAL
-//! sync, and moving the store's journal into its partitions. Each runs on a thread of its own so
-//! a slow drop never delays a sync.
+//! sync, and moving the logs of epochs that outgrow the index into their partitions. Each runs
+//! on a thread of its own so a slow drop never delays a sync.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,6 +80,8 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
 /// How often [`apply_journal_while`] looks for epochs that overflowed the index: until their
 /// logs are moved into their partitions, the index holds them over its budget.
 pub const JOURNAL_EVERY: Duration = Duration::from_millis(50);
+/// How long [`apply_journal_while`] waits after a failed move before it tries again.
+pub const JOURNAL_RETRY: Duration = Duration::from_secs(5);
 
 /// Calls `store`'s [`Store::apply_journal`] every [`JOURNAL_EVERY`] while `running()` holds,
 /// then once more; `report` hears each call's outcome and how long it took.
@@ -88,14 +90,21 @@ pub fn apply_journal_while(
     running: impl Fn() -> bool,
     mut report: impl FnMut(Result<u64, tarn_store::StoreError>, Duration),
 ) {
+    // Returns whether the call succeeded.
     let mut apply = || {
         let t = Instant::now();
         let r = store.apply_journal();
+        let ok = r.is_ok();
         report(r, t.elapsed());
+        ok
     };
+    // After a failure, the next try waits a while (the error is reported each time).
+    let mut next = Instant::now();
     while running() {
         std::thread::sleep(JOURNAL_EVERY);
-        apply();
+        if Instant::now() >= next && !apply() {
+            next = Instant::now() + JOURNAL_RETRY;
+        }
     }
     apply();
 }

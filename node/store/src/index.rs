@@ -6,7 +6,7 @@
 //! without a lock; keys live in a `DashMap` shared by every core (sharded, short critical
 //! sections). An epoch's index is *authoritative* — a miss means "not stored" — only while it
 //! holds every value of that epoch: it is created empty together with its partition, or filled
-//! from the partition at open, and updated after every successful write. When the byte budget
+//! from the partition and the epoch's log at open, and updated after every successful write. When the byte budget
 //! would be exceeded, the epoch that needed the room is marked *overflowed*: new writes to it go
 //! straight to its partition instead of the epoch's log, and once the log has been moved into
 //! the partition (so it holds every value of the epoch) the store *retires* it — its map is
@@ -261,8 +261,12 @@ impl LiveIndex {
         Some(found)
     }
 
-    /// Forgets every epoch before `oldest_live`.
+    /// Forgets every epoch before `oldest_live` (and that they waited to be retired).
     pub(crate) fn drop_before(&self, oldest_live: Epoch) {
+        self.to_retire
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e| *e >= oldest_live);
         let mut freed = 0;
         self.epochs.rcu(|cur| {
             freed = 0;

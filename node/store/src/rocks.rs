@@ -136,9 +136,11 @@ pub struct RocksStore {
     /// The partitions that exist. Its lock also serialises creating and dropping them (the slow
     /// path); reads never take it, writes only when a partition is missing.
     partitions: Mutex<BTreeSet<Epoch>>,
-    /// Writers hold it shared from admission until their batch is written; dropping partitions
-    /// holds it exclusively. A batch naming a partition dropped under it would make RocksDB
-    /// record a fatal background error and refuse every later write.
+    /// Writers hold it shared from admission until their batch is written and folded into the
+    /// index; dropping partitions and logs holds it exclusively (a batch naming a column family
+    /// dropped under it would make RocksDB record a fatal background error and refuse every
+    /// later write), and so does retiring an epoch from the index. Taking it exclusively once
+    /// and letting go is the barrier after which no batch still logs an overflowed epoch.
     write_gate: RwLock<()>,
     /// Live epochs in memory: reads are served from here when it is authoritative.
     index: LiveIndex,
@@ -177,8 +179,9 @@ fn parse_log_name(name: &str) -> Option<Epoch> {
 
 impl RocksStore {
     /// Opens (or creates) the store at `path`, listing and reopening every existing partition
-    /// and recounting its figures (a scan whose cost grows with the data held; it runs once at
-    /// start-up).
+    /// and log, recounting the figures and filling the index from the partitions and the logs
+    /// (scans whose cost grows with the data held; they run once at start-up). Logs the index
+    /// cannot hold are moved into their partitions first.
     pub fn open(path: &Path, opts: RocksOptions) -> Result<RocksStore, StoreError> {
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let mut table = BlockBasedOptions::default();
@@ -199,8 +202,10 @@ impl RocksStore {
             ))
         });
         cf_opts.set_write_buffer_size(16 << 20);
-        // Journaled epochs arrive as one ingested file per second whose keys (hashes) span
-        // the whole key space, and an epoch only grows until it is dropped whole. Leveled
+        // Values arrive as ingested files (a log moved in: at open, or when its epoch outgrows
+        // the index) or as direct writes, with keys (hashes) spanning the whole key space, and
+        // an epoch only grows until it is dropped whole. (In the ninth round every indexed
+        // insert came this way, one file a second: BENCHMARKS.md.) Leveled
         // compaction rewrote the partition's entire bottom level for every 16 files — work
         // that grows with the square of the epoch's size —, where universal compaction merges
         // sorted runs of similar size: each value is rewritten about log(runs) times (90 s at
@@ -306,7 +311,8 @@ impl RocksStore {
     }
 
     /// Moves every entry of the log (or legacy journal) `name` into its partitions, in SST files
-    /// of [`APPLY_CHUNK`] bytes of entries; the log itself stays. Returns the values moved.
+    /// of [`APPLY_CHUNK`] bytes of entries; the log itself stays. Returns the values moved. A
+    /// record of another epoch in an epoch's log is an error (a corrupt or foreign database).
     fn apply_log(&self, name: &str) -> Result<u64, StoreError> {
         let Some(log) = self.db.cf_handle(name) else {
             return Ok(0);
@@ -325,24 +331,35 @@ impl RocksStore {
             bytes += entry.len();
             chunk.push(entry);
             if bytes >= APPLY_CHUNK {
-                moved += self.apply_entries(&chunk)?;
+                moved += self.apply_entries(&chunk, parse_log_name(name))?;
                 chunk.clear();
                 bytes = 0;
             }
         }
-        moved += self.apply_entries(&chunk)?;
+        moved += self.apply_entries(&chunk, parse_log_name(name))?;
         Ok(moved)
     }
 
     /// Writes the values of `entries` to their partitions: one SST file of merges, sorted by
     /// key, ingested per partition. Values of partitions that are gone (expired) are dropped.
-    fn apply_entries(&self, entries: &[Box<[u8]>]) -> Result<u64, StoreError> {
+    fn apply_entries(
+        &self,
+        entries: &[Box<[u8]>],
+        epoch: Option<Epoch>,
+    ) -> Result<u64, StoreError> {
         let mut records = Vec::with_capacity(
             entries.iter().map(|e| e.len()).sum::<usize>() / journal::record_len(256),
         );
         for entry in entries {
             for r in journal::records(entry) {
-                records.push(r.map_err(|e| StoreError::engine("apply log", e))?);
+                let r = r.map_err(|e| StoreError::engine("apply log", e))?;
+                if epoch.is_some_and(|e| e != r.0) {
+                    return Err(StoreError::engine(
+                        "apply log",
+                        "log entry of another epoch",
+                    ));
+                }
+                records.push(r);
             }
         }
         // Sorted per partition, each partition's values become one SST file, ingested whole:
@@ -422,7 +439,7 @@ impl RocksStore {
                 .ingest_external_file_cf_opts(cf, &ingest, vec![&path])
         })();
         let _ = std::fs::remove_file(&path);
-        built.map_err(|e| StoreError::engine("apply journal", e))
+        built.map_err(|e| StoreError::engine("apply log", e))
     }
 
     /// Recounts every partition's figures and fills the index: each partition's sets, then its
@@ -753,21 +770,24 @@ impl Store for RocksStore {
         let records = self.ledger().expire_before(oldest_live);
         let mut dropped = Vec::new();
         let expired: Vec<Epoch> = parts.range(..oldest_live).copied().collect();
+        // The index forgets the epochs whatever happens below: they are expired.
+        self.index.drop_before(oldest_live);
         for epoch in expired {
-            self.db
-                .drop_cf(&cf_name(epoch))
-                .map_err(|e| StoreError::engine("drop", e))?;
-            // After the partition: a log left by a crash between the two is applied at open
-            // and finds no partition, so the expired values stay gone.
+            if self.db.cf_handle(&cf_name(epoch)).is_some() {
+                self.db
+                    .drop_cf(&cf_name(epoch))
+                    .map_err(|e| StoreError::engine("drop", e))?;
+            }
+            parts.remove(&epoch);
+            dropped.push(epoch);
+            // After the partition: a log left by a crash (or a failure) between the two is
+            // dropped at open, finding no partition, so the expired values stay gone.
             if self.db.cf_handle(&log_name(epoch)).is_some() {
                 self.db
                     .drop_cf(&log_name(epoch))
                     .map_err(|e| StoreError::engine("drop", e))?;
             }
-            parts.remove(&epoch);
-            dropped.push(epoch);
         }
-        self.index.drop_before(oldest_live);
         Ok(DropReport { dropped, records })
     }
 
@@ -822,35 +842,34 @@ impl Store for RocksStore {
     }
 
     fn apply_journal(&self) -> Result<u64, StoreError> {
-        let epochs = self.index.overflowed();
-        if epochs.is_empty() {
+        if self.index.overflowed().is_empty() {
             return Ok(0);
         }
         let _apply = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let epochs = self.index.overflowed();
         // The epochs are marked overflowed, so no batch that starts now logs their values; the
         // batches that may still be doing so hold the gate: once they are through, the logs
         // stay as they are.
         drop(self.write_gate.write().unwrap_or_else(|p| p.into_inner()));
         let mut moved = 0;
-        {
-            // The bulk while writers go on (writing those epochs' partitions directly).
-            let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
-            for e in &epochs {
-                moved += self.apply_log(&log_name(*e))?;
+        // One epoch at a time, so one that fails does not hold the others back.
+        for epoch in epochs {
+            let name = log_name(epoch);
+            {
+                // The bulk while writers go on (writing the epoch's partition directly).
+                let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
+                moved += self.apply_log(&name)?;
             }
-        }
-        // Exclusive: no batch holds a handle of the logs being dropped, and no merge into the
-        // index runs while the epochs are retired.
-        let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
-        for e in &epochs {
-            let name = log_name(*e);
+            // Exclusive: no batch holds a handle of the log being dropped, and no merge into
+            // the index runs while the epoch is retired.
+            let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
             if self.db.cf_handle(&name).is_some() {
                 self.db
                     .drop_cf(&name)
                     .map_err(|e| StoreError::engine("retire", e))?;
             }
+            self.index.retire(&[epoch]);
         }
-        self.index.retire(&epochs);
         Ok(moved)
     }
 

@@ -646,6 +646,26 @@ fn retiring_overflowed_epochs_races_writes_and_expiry_without_losing_a_live_valu
     })
     .unwrap();
     assert_eq!(scanned, checked);
+    // And after a reopen, with the index (logs replayed) and without (logs moved).
+    drop(Arc::try_unwrap(s).expect("the threads are done"));
+    for index_bytes in [256 << 10, 0] {
+        let s = open_rocks(
+            dir.path(),
+            RocksOptions {
+                index_bytes,
+                ..Default::default()
+            },
+        );
+        let lost = written
+            .iter()
+            .filter(|(e, _)| *e >= floor)
+            .filter(|(e, k)| s.get(*e, k).unwrap().len() != 1)
+            .count();
+        assert_eq!(
+            lost, 0,
+            "values lost after a reopen with index_bytes {index_bytes}"
+        );
+    }
 }
 
 #[test]
@@ -724,4 +744,41 @@ fn a_store_with_the_single_journal_of_earlier_builds_opens_with_its_values() {
     drop(s);
     let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
     assert!(!cfs.iter().any(|c| c == "journal"), "{cfs:?}");
+}
+
+#[test]
+fn a_log_whose_partition_is_gone_is_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What a crash between an expiry's two drops leaves: the log of an epoch whose
+        // partition is gone, beside a live epoch.
+        let s = open_rocks(dir.path(), RocksOptions::default());
+        s.put(Epoch(4), key(1), 1, b"live").unwrap();
+    }
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let mut cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        cfs.push("j-00000000000000000003".into());
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs).unwrap();
+        let mut entry = Vec::new();
+        let mut operand = Vec::new();
+        tarn_store::valueset::encode_one(1, b"expired", &mut operand);
+        entry.extend_from_slice(&3u64.to_le_bytes());
+        entry.extend_from_slice(&key(2).0);
+        entry.extend_from_slice(&(operand.len() as u32).to_le_bytes());
+        entry.extend_from_slice(&operand);
+        let log = db.cf_handle("j-00000000000000000003").unwrap();
+        db.put_cf(&log, 0u64.to_be_bytes(), &entry).unwrap();
+    }
+    let s = open_rocks(dir.path(), RocksOptions::default());
+    assert_eq!(s.live_epochs(), vec![Epoch(4)]);
+    assert_eq!(s.get(Epoch(3), &key(2)).unwrap(), vec![]);
+    assert_eq!(s.get(Epoch(4), &key(1)).unwrap()[0].value, b"live".to_vec());
+    drop(s);
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+    assert!(
+        !cfs.iter().any(|c| c.ends_with("00000000000000000003")),
+        "{cfs:?}"
+    );
 }
