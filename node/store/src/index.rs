@@ -38,6 +38,9 @@ struct EpochIndex {
     overflowed: AtomicBool,
     /// Bytes this epoch's entries count against the budget.
     bytes: AtomicU64,
+    /// Bytes in the epoch's log that are not (also) in its partition (see
+    /// [`LiveIndex::oversized_logs`]).
+    logged: AtomicU64,
 }
 
 /// What the index knows about one key.
@@ -96,6 +99,7 @@ impl LiveIndex {
                         complete: AtomicBool::new(true),
                         overflowed: AtomicBool::new(false),
                         bytes: AtomicU64::new(0),
+                        logged: AtomicU64::new(0),
                     }),
                 ));
             }
@@ -183,6 +187,37 @@ impl LiveIndex {
             return true;
         }
         false
+    }
+
+    /// Counts `n` bytes written to `epoch`'s log.
+    pub(crate) fn logged(&self, epoch: Epoch, n: u64) {
+        if let Some(idx) = self.find(epoch) {
+            idx.logged.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `n` bytes of `epoch`'s log as moved into its partition.
+    pub(crate) fn trimmed(&self, epoch: Epoch, n: u64) {
+        if let Some(idx) = self.find(epoch) {
+            sub_saturating(&idx.logged, n);
+        }
+    }
+
+    /// Indexed epochs whose logs hold more than twice the epoch's indexed bytes plus `slack`:
+    /// keys rewritten many times (each write is logged, the index keeps a key's newest values
+    /// only). Their logs are moved into their partitions, where compaction folds the rewrites.
+    pub(crate) fn oversized_logs(&self, slack: u64) -> Vec<Epoch> {
+        self.epochs
+            .load()
+            .iter()
+            .filter(|(_, idx)| {
+                idx.complete.load(Ordering::Acquire)
+                    && !idx.overflowed.load(Ordering::Acquire)
+                    && idx.logged.load(Ordering::Relaxed)
+                        > 2 * idx.bytes.load(Ordering::Relaxed) + slack
+            })
+            .map(|(e, _)| *e)
+            .collect()
     }
 
     /// The epochs that overflowed and wait to be retired.

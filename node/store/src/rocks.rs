@@ -32,8 +32,12 @@
 //!   [`Store::apply_journal`] (the node calls it every 50 ms from a thread of its own) waits for
 //!   the batches that were logging it, moves its log into the partition, drops the log and
 //!   retires the epoch from the index; writes to it went straight to the partition from the
-//!   overflow on. A crash at any point leaves every value in a log, in its partition, or in
-//!   both (merging twice is harmless: the merge is idempotent). A store written by a build with
+//!   overflow on. A log that grows past twice its epoch's indexed bytes plus some slack (keys
+//!   rewritten many times: each write is logged, the index keeps a key's newest values only)
+//!   has its older part — every key below the next one, once the write gate is free — moved into
+//!   the partition, where compaction folds the rewrites, and range-deleted from the log. A crash
+//!   at any point leaves every value in a log, in its partition, or in both (merging twice is
+//!   harmless: the merge is idempotent). A store written by a build with
 //!   the single `journal` column family has it applied and dropped at open.
 
 use std::collections::BTreeSet;
@@ -66,7 +70,10 @@ const LEGACY_JOURNAL_CF: &str = "journal";
 /// Levels of a partition (RocksDB's default): with universal compaction each non-empty level
 /// below level 0 holds one sorted run.
 const PARTITION_LEVELS: i32 = 7;
-/// Journal bytes moved into partitions per round of SST files.
+/// What an epoch's log may hold beyond twice the epoch's indexed bytes before its older part is
+/// moved into the partition (at most; a quarter of the index budget when that is less).
+const LOG_SLACK: u64 = 64 << 20;
+/// Log bytes moved into partitions per round of SST files.
 const APPLY_CHUNK: usize = 16 << 20;
 
 /// Where SST files for ingestion are built (under the data directory; emptied at open).
@@ -300,7 +307,7 @@ impl RocksStore {
             if kept {
                 continue;
             }
-            store.apply_log(name)?;
+            store.apply_log(name, None)?;
             store
                 .db
                 .drop_cf(name)
@@ -310,25 +317,30 @@ impl RocksStore {
         Ok(store)
     }
 
-    /// Moves every entry of the log (or legacy journal) `name` into its partitions, in SST files
-    /// of [`APPLY_CHUNK`] bytes of entries; the log itself stays. Returns the values moved. A
-    /// record of another epoch in an epoch's log is an error (a corrupt or foreign database).
-    fn apply_log(&self, name: &str) -> Result<u64, StoreError> {
+    /// Moves every entry of the log (or legacy journal) `name` — those under keys below `upto`,
+    /// if given — into its partitions, in SST files of [`APPLY_CHUNK`] bytes of entries; the log
+    /// itself stays. Returns the values and the entry bytes moved. A record of another epoch in
+    /// an epoch's log is an error (a corrupt or foreign database).
+    fn apply_log(&self, name: &str, upto: Option<u64>) -> Result<(u64, u64), StoreError> {
         let Some(log) = self.db.cf_handle(name) else {
-            return Ok(0);
+            return Ok((0, 0));
         };
         let mut read = rocksdb::ReadOptions::default();
         // Read once, start to end: no use keeping its blocks in the cache.
         read.fill_cache(false);
+        if let Some(upto) = upto {
+            read.set_iterate_upper_bound(upto.to_be_bytes());
+        }
         let mut chunk = Vec::new();
         let mut bytes = 0usize;
-        let mut moved = 0u64;
+        let (mut moved, mut total) = (0u64, 0u64);
         for item in self
             .db
             .iterator_cf_opt(&log, read, rocksdb::IteratorMode::Start)
         {
             let (_, entry) = item.map_err(|e| StoreError::engine("apply log", e))?;
             bytes += entry.len();
+            total += entry.len() as u64;
             chunk.push(entry);
             if bytes >= APPLY_CHUNK {
                 moved += self.apply_entries(&chunk, parse_log_name(name))?;
@@ -337,6 +349,34 @@ impl RocksStore {
             }
         }
         moved += self.apply_entries(&chunk, parse_log_name(name))?;
+        Ok((moved, total))
+    }
+
+    /// Moves the older part of `epoch`'s log into its partition and deletes it from the log,
+    /// while the index keeps answering for the epoch and writers go on logging (see
+    /// [`LiveIndex::oversized_logs`](crate::index)). Returns the values moved.
+    fn trim_log(&self, epoch: Epoch) -> Result<u64, StoreError> {
+        let name = log_name(epoch);
+        // Writers take a key and write its entry while they hold the gate: once it is free,
+        // every key below the next one is written.
+        let upto = {
+            let _gate = self.write_gate.write().unwrap_or_else(|p| p.into_inner());
+            self.log_seq.load(Ordering::Relaxed)
+        };
+        let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
+        let (moved, bytes) = self.apply_log(&name, Some(upto))?;
+        let Some(log) = self.db.cf_handle(&name) else {
+            return Ok(moved);
+        };
+        let (from, to) = (0u64.to_be_bytes(), upto.to_be_bytes());
+        // Logged: a crash after it finds the values in the partition. The flush drops what the
+        // tombstone covers from the memtable; then whole files below `upto` go.
+        self.db
+            .delete_range_cf(&log, from, to)
+            .and_then(|()| self.db.flush_cf(&log))
+            .and_then(|()| self.db.delete_file_in_range_cf(&log, from, to))
+            .map_err(|e| StoreError::engine("trim log", e))?;
+        self.index.trimmed(epoch, bytes);
         Ok(moved)
     }
 
@@ -473,6 +513,7 @@ impl RocksStore {
                 stats.bytes += b;
             }
             let name = log_name(epoch);
+            let mut logged = 0u64;
             if let Some(log) = self.db.cf_handle(&name) {
                 let mut read = rocksdb::ReadOptions::default();
                 read.fill_cache(false);
@@ -481,6 +522,7 @@ impl RocksStore {
                     .iterator_cf_opt(&log, read, rocksdb::IteratorMode::Start)
                 {
                     let (k, entry) = item.map_err(|e| StoreError::engine("open", e))?;
+                    logged += entry.len() as u64;
                     if let Ok(seq) = <[u8; 8]>::try_from(&k[..]) {
                         // Later entries of the log must not reuse a key.
                         next_seq = next_seq.max(u64::from_be_bytes(seq).saturating_add(1));
@@ -500,7 +542,7 @@ impl RocksStore {
                 }
                 if overflowed {
                     drop(log);
-                    self.apply_log(&name)?;
+                    self.apply_log(&name, None)?;
                     self.db
                         .drop_cf(&name)
                         .map_err(|e| StoreError::engine("open", e))?;
@@ -509,6 +551,8 @@ impl RocksStore {
             if overflowed {
                 // The partition holds every value of the epoch now: reads go there.
                 self.index.retire(&[epoch]);
+            } else {
+                self.index.logged(epoch, logged);
             }
             ledger.total_bytes += stats.bytes;
             ledger.epochs.insert(epoch, stats);
@@ -717,6 +761,11 @@ impl Store for RocksStore {
             self.index
                 .merge(it.epoch, it.key, &operands[range], max_values);
         }
+        for s in &slots {
+            if let Some((_, entry)) = s.log.as_ref().filter(|(_, e)| !e.is_empty()) {
+                self.index.logged(s.epoch, entry.len() as u64);
+            }
+        }
         // Merged before the gate is released: retiring an epoch that this batch pushed over the
         // index budget waits for it (see `apply_journal`).
         drop(gate);
@@ -842,23 +891,30 @@ impl Store for RocksStore {
     }
 
     fn apply_journal(&self) -> Result<u64, StoreError> {
-        if self.index.overflowed().is_empty() {
+        let slack = (self.opts.index_bytes / 4).min(LOG_SLACK);
+        if self.index.overflowed().is_empty() && self.index.oversized_logs(slack).is_empty() {
             return Ok(0);
         }
         let _apply = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut moved = 0;
+        for epoch in self.index.oversized_logs(slack) {
+            moved += self.trim_log(epoch)?;
+        }
         let epochs = self.index.overflowed();
+        if epochs.is_empty() {
+            return Ok(moved);
+        }
         // The epochs are marked overflowed, so no batch that starts now logs their values; the
         // batches that may still be doing so hold the gate: once they are through, the logs
         // stay as they are.
         drop(self.write_gate.write().unwrap_or_else(|p| p.into_inner()));
-        let mut moved = 0;
         // One epoch at a time, so one that fails does not hold the others back.
         for epoch in epochs {
             let name = log_name(epoch);
             {
                 // The bulk while writers go on (writing the epoch's partition directly).
                 let _gate = self.write_gate.read().unwrap_or_else(|p| p.into_inner());
-                moved += self.apply_log(&name)?;
+                moved += self.apply_log(&name, None)?.0;
             }
             // Exclusive: no batch holds a handle of the log being dropped, and no merge into
             // the index runs while the epoch is retired.
