@@ -1,12 +1,21 @@
-# Sourced by the bench scripts. `settle PID` waits (at most 10 s) until the process has been
-# idle for 200 ms — under 10 % of a CPU — so the background work one round leaves behind
-# (RocksDB flushes and compactions, the journal's apply, redis's AOF rewrite) runs before the
-# next round starts instead of inside another server's round on the same CPU. It prints the
-# CPU microseconds the process spent while settling, so callers can charge them to the round.
+# Sourced by the bench scripts. `settle PID` waits (at most 10 s) until the process and its
+# children have been idle for 200 ms — under 10 % of a CPU — so the background work one round
+# leaves behind (RocksDB flushes and compactions, redis's AOF rewrite, which runs in a forked
+# child) runs before the next round starts instead of inside another server's round on the same
+# CPU. It prints the CPU microseconds they spent while settling, so callers can charge them to
+# the round.
 settle() {
   local pid=$1 start now last waited=0 hz
   hz=$(getconf CLK_TCK)
-  ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+  # The process's own time and its reaped children's, plus its live children's.
+  ticks() {
+    local t c
+    t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0)
+    for c in $(pgrep -P "$1" 2>/dev/null); do
+      t=$((t + $(awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+  }
   start=$(ticks "$pid"); last=$start
   while [ "$waited" -lt 50 ]; do
     sleep 0.2; waited=$((waited + 1))
