@@ -7,19 +7,21 @@
 settle() {
   local pid=$1 start now last waited=0 hz
   hz=$(getconf CLK_TCK)
-  # The process's own time and its reaped children's, plus its live children's.
+  # The process's own time and its reaped children's, plus its live children's. The children
+  # are read first: one reaped in between is then counted twice (a longer wait), never missed.
   ticks() {
-    local t c
-    t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0)
+    local t=0 c
     for c in $(pgrep -P "$1" 2>/dev/null); do
       t=$((t + $(awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || echo 0)))
     done
-    echo "$t"
+    echo $((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0)))
   }
   start=$(ticks "$pid"); last=$start
   while [ "$waited" -lt 50 ]; do
     sleep 0.2; waited=$((waited + 1))
     now=$(ticks "$pid")
+    # A child that ended between two samples may have left them out of order.
+    if [ "$now" -lt "$last" ]; then now=$last; fi
     # 200 ms at under 10 %: fewer than 0.02 s of CPU.
     if [ $(( (now - last) * 100 )) -lt $((2 * hz)) ]; then break; fi
     last=$now

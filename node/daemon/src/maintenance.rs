@@ -1,5 +1,6 @@
 //! Background work off the executors: epoch GC with partition preparation, the periodic WAL
-//! sync, and moving the logs of epochs that outgrow the index into their partitions. Each runs
+//! sync, and moving logs into their partitions (epochs that outgrow the index, logs of keys
+//! rewritten many times). Each runs
 //! on a thread of its own so a slow drop never delays a sync.
 
 use std::sync::atomic::Ordering;
@@ -77,8 +78,9 @@ pub fn run_wal_sync(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
-/// How often [`apply_journal_while`] looks for epochs that overflowed the index: until their
-/// logs are moved into their partitions, the index holds them over its budget.
+/// How often [`apply_journal_while`] looks for epochs that overflowed the index (until their
+/// logs are moved into their partitions, the index holds them over its budget) and for logs
+/// to trim.
 pub const JOURNAL_EVERY: Duration = Duration::from_millis(50);
 /// How long [`apply_journal_while`] waits after a failed move before it tries again.
 pub const JOURNAL_RETRY: Duration = Duration::from_secs(5);
@@ -123,7 +125,7 @@ pub fn run_journal(shared: Arc<Shared>) {
                 .with_label_values(&["journal_apply"])
                 .observe(took.as_secs_f64()),
             Err(e) => {
-                tracing::error!(error = %e, "moving an overflowed epoch's log into its partition failed; retrying")
+                tracing::error!(error = %e, "moving a log into its partition failed (an epoch over the index, or a log trim); retrying")
             }
         },
     );
