@@ -50,6 +50,17 @@ fn open_rocks(dir: &std::path::Path, opts: RocksOptions) -> RocksStore {
     .unwrap()
 }
 
+/// A RocksDB store at `dir` as [`open_rocks`] opens it, with an index of `index_bytes`.
+fn open_indexed(dir: &std::path::Path, index_bytes: u64) -> RocksStore {
+    open_rocks(
+        dir,
+        RocksOptions {
+            index_bytes,
+            ..Default::default()
+        },
+    )
+}
+
 /// The memory store, and RocksDB with its live-epoch index (default budget), without it, and
 /// with a budget so small that epochs overflow it mid-test.
 fn backends() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
@@ -64,15 +75,7 @@ fn backends() -> Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> {
 #[test]
 fn the_index_is_rebuilt_at_open_and_answers_like_rocksdb() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |index_bytes| {
-        open_rocks(
-            dir.path(),
-            RocksOptions {
-                index_bytes,
-                ..Default::default()
-            },
-        )
-    };
+    let open = |index_bytes| open_indexed(dir.path(), index_bytes);
     let s = open(1 << 20);
     for i in 0..200u64 {
         let k = key((i % 50) as u8);
@@ -437,15 +440,7 @@ fn each_log_moved_into_its_partition_adds_a_sorted_run_that_the_backlog_figure_c
             .find(|(stat, _)| *stat == EngineStat::MaxSortedRuns)
             .map(|(_, v)| v)
     };
-    let without_index = || {
-        open_rocks(
-            dir.path(),
-            RocksOptions {
-                index_bytes: 0,
-                ..Default::default()
-            },
-        )
-    };
+    let without_index = || open_indexed(dir.path(), 0);
     let s = open_rocks(dir.path(), RocksOptions::default());
     assert_eq!(
         runs(&s),
@@ -482,15 +477,7 @@ fn each_log_moved_into_its_partition_adds_a_sorted_run_that_the_backlog_figure_c
 #[test]
 fn a_reopened_log_is_replayed_into_the_index_and_kept_or_moved_when_it_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |index_bytes| {
-        open_rocks(
-            dir.path(),
-            RocksOptions {
-                index_bytes,
-                ..Default::default()
-            },
-        )
-    };
+    let open = |index_bytes| open_indexed(dir.path(), index_bytes);
     let s = open(1 << 20);
     for i in 0..50u8 {
         s.put(Epoch(4), key(i), 1, &[i; 60]).unwrap();
@@ -530,13 +517,7 @@ fn a_reopened_log_is_replayed_into_the_index_and_kept_or_moved_when_it_does_not_
 #[test]
 fn an_overflowing_epoch_is_retired_only_after_its_log_is_in_the_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open_rocks(
-        dir.path(),
-        RocksOptions {
-            index_bytes: 8 << 10,
-            ..Default::default()
-        },
-    );
+    let s = open_indexed(dir.path(), 8 << 10);
     // Logged while the index holds the epoch, then over the budget.
     for i in 0..200u8 {
         s.put(Epoch(3), key(i), 1, &[i; 60]).unwrap();
@@ -649,13 +630,7 @@ fn retiring_overflowed_epochs_races_writes_and_expiry_without_losing_a_live_valu
     // And after a reopen, with the index (logs replayed) and without (logs moved).
     drop(Arc::try_unwrap(s).expect("the threads are done"));
     for index_bytes in [256 << 10, 0] {
-        let s = open_rocks(
-            dir.path(),
-            RocksOptions {
-                index_bytes,
-                ..Default::default()
-            },
-        );
+        let s = open_indexed(dir.path(), index_bytes);
         let lost = written
             .iter()
             .filter(|(e, _)| *e >= floor)
@@ -786,15 +761,7 @@ fn a_log_whose_partition_is_gone_is_dropped_at_open() {
 #[test]
 fn a_log_of_rewritten_keys_is_moved_into_the_partition_while_the_index_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |index_bytes| {
-        open_rocks(
-            dir.path(),
-            RocksOptions {
-                index_bytes,
-                ..Default::default()
-            },
-        )
-    };
+    let open = |index_bytes| open_indexed(dir.path(), index_bytes);
     let newest = |s: &RocksStore| -> Vec<Vec<u64>> {
         (0..4u8)
             .map(|k| {
@@ -855,13 +822,7 @@ fn a_store_on_a_filesystem_without_direct_io_still_flushes() {
     } else {
         tempfile::tempdir().unwrap()
     };
-    let s = open_rocks(
-        dir.path(),
-        RocksOptions {
-            index_bytes: 1 << 20,
-            ..Default::default()
-        },
-    );
+    let s = open_indexed(dir.path(), 1 << 20);
     for stamp in 1..=3000u64 {
         s.put(Epoch(2), key((stamp % 2) as u8), stamp, &[1; 60])
             .unwrap();
