@@ -350,19 +350,10 @@ impl RocksStore {
         let Some(log) = self.db.cf_handle(name) else {
             return Ok((0, 0));
         };
-        let mut read = rocksdb::ReadOptions::default();
-        // Read once, start to end: no use keeping its blocks in the cache.
-        read.fill_cache(false);
-        if let Some(upto) = upto {
-            read.set_iterate_upper_bound(upto.to_be_bytes());
-        }
         let mut chunk = Vec::new();
         let mut bytes = 0usize;
         let (mut moved, mut total) = (0u64, 0u64);
-        for item in self
-            .db
-            .iterator_cf_opt(&log, read, rocksdb::IteratorMode::Start)
-        {
+        for item in self.read_log(&log, upto) {
             let (_, entry) = item.map_err(|e| StoreError::engine("apply log", e))?;
             bytes += entry.len();
             total += entry.len() as u64;
@@ -375,6 +366,22 @@ impl RocksStore {
         }
         moved += self.apply_entries(&chunk, parse_log_name(name))?;
         Ok((moved, total))
+    }
+
+    /// A log's entries in key order (those under keys below `upto`, if given), read once from
+    /// start to end: its blocks are not kept in the cache.
+    fn read_log<'a>(
+        &'a self,
+        log: &Arc<rocksdb::BoundColumnFamily<'a>>,
+        upto: Option<u64>,
+    ) -> rocksdb::DBIteratorWithThreadMode<'a, Db> {
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        if let Some(upto) = upto {
+            read.set_iterate_upper_bound(upto.to_be_bytes());
+        }
+        self.db
+            .iterator_cf_opt(log, read, rocksdb::IteratorMode::Start)
     }
 
     /// Moves the older part of `epoch`'s log into its partition and deletes it from the log,
@@ -568,12 +575,7 @@ impl RocksStore {
             let name = log_name(epoch);
             let mut logged = 0u64;
             if let Some(log) = self.db.cf_handle(&name) {
-                let mut read = rocksdb::ReadOptions::default();
-                read.fill_cache(false);
-                for item in self
-                    .db
-                    .iterator_cf_opt(&log, read, rocksdb::IteratorMode::Start)
-                {
+                for item in self.read_log(&log, None) {
                     let (k, entry) = item.map_err(|e| StoreError::engine("open", e))?;
                     logged += entry.len() as u64;
                     if let Ok(seq) = <[u8; 8]>::try_from(&k[..]) {
@@ -674,17 +676,19 @@ impl RocksStore {
 
     /// The column families of the partitions that exist now.
     fn partition_cfs(&self) -> Vec<Arc<rocksdb::BoundColumnFamily<'_>>> {
-        self.list_epochs()
-            .iter()
-            .filter_map(|e| self.db.cf_handle(&cf_name(*e)))
-            .collect()
+        self.epoch_cfs(cf_name)
     }
 
     /// The logs that exist now.
     fn log_cfs(&self) -> Vec<Arc<rocksdb::BoundColumnFamily<'_>>> {
+        self.epoch_cfs(log_name)
+    }
+
+    /// The column families named `name(epoch)` of the live epochs that exist now.
+    fn epoch_cfs(&self, name: fn(Epoch) -> String) -> Vec<Arc<rocksdb::BoundColumnFamily<'_>>> {
         self.list_epochs()
             .iter()
-            .filter_map(|e| self.db.cf_handle(&log_name(*e)))
+            .filter_map(|e| self.db.cf_handle(&name(*e)))
             .collect()
     }
 
