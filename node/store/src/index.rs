@@ -8,8 +8,9 @@
 //! holds every value of that epoch: it is created empty together with its partition, or filled
 //! from the partition and the epoch's log at open, and updated after every successful write.
 //! When the byte budget would be exceeded, the epoch that needed the room is marked
-//! *overflowed*: new writes to it go straight to its partition instead of the epoch's log, and once the log has been moved into
-//! the partition (so it holds every value of the epoch) the store *retires* it — its map is
+//! *overflowed*: new writes to it go straight to its partition instead of the epoch's log, and
+//! once the log has been moved into the partition (so it holds every value of the epoch) the
+//! store *retires* it — its map is
 //! cleared and its reads go to RocksDB until the epoch expires. The index never serves a
 //! partial answer; between overflow and retirement it holds more than its budget.
 
