@@ -10,9 +10,9 @@
 //! When the byte budget would be exceeded, the epoch that needed the room is marked
 //! *overflowed*: new writes to it go straight to its partition instead of the epoch's log, and
 //! once the log has been moved into the partition (so it holds every value of the epoch) the
-//! store *retires* it — its map is
-//! cleared and its reads go to RocksDB until the epoch expires. The index never serves a
-//! partial answer; between overflow and retirement it holds more than its budget.
+//! store *retires* it — its map is cleared and its reads go to RocksDB until the epoch expires.
+//! The index never serves a partial answer; between overflow and retirement it holds more than
+//! its budget.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
