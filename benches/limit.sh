@@ -5,14 +5,16 @@
 # the other, rounds interleaved A B A B ..., medians and the ratio. Every process started
 # here is stopped by PID.
 #   ROUNDS=3 SECS=5 CONNS=50 PIPELINE=1 INSERT_PCT=50 benches/limit.sh
-# TARND=PATH measures another tarnd build (an A/B of a change).
+# TARND=PATH measures another tarnd build (an A/B of a change). REDIS=1 adds redis-server (AOF,
+# everysec, as in compare.sh) to every round, after tarnd: the known server's fraction of the
+# same limit, measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tarn-target}"
 B="$CARGO_TARGET_DIR/release"
 ROUNDS="${ROUNDS:-3}"; SECS="${SECS:-5}"; CONNS="${CONNS:-50}"; PIPELINE="${PIPELINE:-1}"
 INSERT_PCT="${INSERT_PCT:-50}"; KEYS="${KEYS:-100000}"; VALUE="${VALUE:-300}"
-SERVER_CPU="${SERVER_CPU:-0}"; LOAD_CPU="${LOAD_CPU:-1}"
+SERVER_CPU="${SERVER_CPU:-0}"; LOAD_CPU="${LOAD_CPU:-1}"; REDIS="${REDIS:-0}"
 work=$(mktemp -d /tmp/tarn-limit.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -31,11 +33,23 @@ for _ in $(seq 1 100); do
 done
 taddr=$(sed -E 's/.*listen=([^ ]+).*/\1/' "$work/tarnd.out")
 laddr=$(sed -E 's/.*listen=([^ ]+).*/\1/' "$work/limit.out")
-taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$taddr" --keys "$KEYS" --value-bytes "$VALUE" \
-  --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
+targets=("tarn://$taddr")
+if [ "$REDIS" = 1 ]; then
+  command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+  rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  taskset -c "$SERVER_CPU" redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" --appendonly yes \
+    --appendfsync everysec --save "" --daemonize no --logfile "$work/redis.log" &
+  rpid=$!; pids+=("$rpid")
+  for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  targets+=("redis://127.0.0.1:$rport")
+fi
+for t in "${targets[@]}"; do
+  taskset -c "$LOAD_CPU" "$B/tarn-load" --target "$t" --keys "$KEYS" --value-bytes "$VALUE" \
+    --preload --insert-pct 0 --conns 1 --duration 0s >/dev/null
+done
 
 load() {
-  taskset -c "$LOAD_CPU" "$B/tarn-load" --target "tarn://$1" --server-pid "$2" --conns "$CONNS" \
+  taskset -c "$LOAD_CPU" "$B/tarn-load" --target "$1" --server-pid "$2" --conns "$CONNS" \
     --pipeline "$PIPELINE" --insert-pct "$INSERT_PCT" --value-bytes "$VALUE" --keys "$KEYS" \
     --duration "${SECS}s" --json
 }
@@ -46,15 +60,26 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 echo "profile: ${CONNS}x${PIPELINE}, ${INSERT_PCT}% inserts, ${VALUE} B values, ${KEYS} keys; ${ROUNDS} rounds x ${SECS}s interleaved"
-a=(); b=(); pairs=(); errs=0
+a=(); b=(); c=(); pairs=(); rpairs=(); errs=0
 for r in $(seq 1 "$ROUNDS"); do
-  x=$(load "$laddr" "$lpid"); settle "$lpid" >/dev/null
-  y=$(load "$taddr" "$tpid"); settle "$tpid" >/dev/null
+  x=$(load "tarn://$laddr" "$lpid"); settle "$lpid" >/dev/null
+  y=$(load "tarn://$taddr" "$tpid"); settle "$tpid" >/dev/null
   a+=("$(field "$x" ops_per_sec)"); b+=("$(field "$y" ops_per_sec)")
   pairs+=("$(python3 -c "print(${b[-1]}/${a[-1]})")")
   errs=$((errs + $(field "$x" errors) + $(field "$y" errors)))
-  echo "round $r: limit-server ${a[-1]} ops/s (p99 $(field "$x" p99_us) us)   tarnd ${b[-1]} ops/s (p99 $(field "$y" p99_us) us)"
+  line="round $r: limit-server ${a[-1]} ops/s (p99 $(field "$x" p99_us) us)   tarnd ${b[-1]} ops/s (p99 $(field "$y" p99_us) us)"
+  if [ "$REDIS" = 1 ]; then
+    z=$(load "redis://127.0.0.1:$rport" "$rpid"); settle "$rpid" >/dev/null
+    c+=("$(field "$z" ops_per_sec)"); rpairs+=("$(python3 -c "print(${c[-1]}/${a[-1]})")")
+    errs=$((errs + $(field "$z" errors)))
+    line+="   redis ${c[-1]} ops/s (p99 $(field "$z" p99_us) us)"
+  fi
+  echo "$line"
 done
 ma=$(median "${a[@]}"); mb=$(median "${b[@]}")
-# pair: the median of each round's tarnd/limit (the two runs of a round are seconds apart).
+# pair: the median of each round's tarnd/limit (the runs of a round are seconds apart).
 echo "median: limit-server $ma ops/s, tarnd $mb ops/s; tarnd/limit $(python3 -c "print(round($mb/$ma, 2))"); pair $(python3 -c "print(round($(median "${pairs[@]}"), 2))"); errors $errs"
+if [ "$REDIS" = 1 ]; then
+  mc=$(median "${c[@]}")
+  echo "median: redis $mc ops/s; redis/limit $(python3 -c "print(round($mc/$ma, 2))"); pair $(python3 -c "print(round($(median "${rpairs[@]}"), 2))")"
+fi
