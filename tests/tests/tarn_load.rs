@@ -177,3 +177,109 @@ fn inserts_write_fresh_keys_and_leave_the_preloaded_ones_at_one_value() {
         }
     });
 }
+
+#[test]
+fn a_reply_to_no_request_in_flight_fails_the_connection() {
+    use std::io::{Read, Write};
+    use tarn_proto::frame::{self, Parsed};
+    use tarn_proto::msg::{self, Kind};
+    use tarn_proto::{Id, Message, NetworkId};
+
+    // Answers the handshake and the time query as a node does, then every request with an id
+    // that was never sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut served = Vec::new();
+        for stream in listener.incoming().take(3) {
+            let mut s = stream.unwrap();
+            served.push(std::thread::spawn(move || {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut used = 0;
+                    let mut out = Vec::new();
+                    while let Ok(Parsed::Frame(f)) = frame::parse_frame(&buf[used..], 1 << 20) {
+                        let id = f.header.request_id;
+                        let (id, reply) = match Kind::from_u8(f.header.kind) {
+                            Some(Kind::Hello) => (
+                                id,
+                                Message::HelloAck(msg::HelloAck {
+                                    version: tarn_proto::PROTOCOL_VERSION,
+                                    network: NetworkId::from_name("tarn-dev"),
+                                    epoch_len_secs: 3600,
+                                    node_id: Id([0; 32]),
+                                    public_key: [0; 32],
+                                    max_frame_bytes: frame::DEFAULT_MAX_BODY,
+                                }),
+                            ),
+                            Some(Kind::TimeSync) => (
+                                id,
+                                Message::TimeReply(msg::TimeReply {
+                                    unix_ns: 1_800_000_000_000_000_000,
+                                    uncertainty_ns: 0,
+                                    epoch_len_secs: 3600,
+                                    ntp_synced: false,
+                                }),
+                            ),
+                            _ => (
+                                id + 1_000_000,
+                                Message::RetrieveReply(msg::RetrieveReply::NotFound),
+                            ),
+                        };
+                        frame::encode(id, &reply, &mut out).unwrap();
+                        used += f.wire_len();
+                    }
+                    buf.drain(..used);
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        for t in served {
+            t.join().unwrap();
+        }
+    });
+    let mut child = Command::new(bin("tarn-load"))
+        .args(["--target", &format!("tarn://{addr}")])
+        .args([
+            "--conns",
+            "2",
+            "--count",
+            "10",
+            "--insert-pct",
+            "0",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A tarn-load that waits for the reply it will never get is stopped here, not by CI.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tarn-load still waiting 30 s after the server's stray replies");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Both connections fail on their first reply: two errors, no operation counted.
+    assert_eq!(v["errors"], 2, "{v}");
+    assert_eq!(v["ops"], 0, "{v}");
+    assert!(
+        stderr.contains("a reply to no request in flight"),
+        "{stderr}"
+    );
+}

@@ -624,9 +624,12 @@ async fn connection(s: Arc<Shared>, seed: u64) -> anyhow::Result<(Histogram<u64>
             _ => Some(conn.recv(&s).await?),
         };
         let Some((ok, rid)) = reply else { continue };
-        if let Some(t) = inflight.take(rid) {
-            hist.record(t.elapsed().as_micros().max(1) as u64)?;
-        }
+        // A reply to no request in flight means the server and this run disagree on what was
+        // asked: no figure of this connection can be trusted.
+        let Some(t) = inflight.take(rid) else {
+            bail!("a reply to no request in flight (id {rid:?})");
+        };
+        hist.record(t.elapsed().as_micros().max(1) as u64)?;
         if !ok {
             s.errors.fetch_add(1, Ordering::Relaxed);
         }
