@@ -41,6 +41,7 @@ if [ "$REDIS" = 1 ]; then
     --appendfsync everysec --save "" --daemonize no --logfile "$work/redis.log" &
   rpid=$!; pids+=("$rpid")
   for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -p "$rport" ping >/dev/null 2>&1 || { echo "redis-server did not start:" >&2; cat "$work/redis.log" >&2; exit 1; }
   targets+=("redis://127.0.0.1:$rport")
 fi
 for t in "${targets[@]}"; do
@@ -78,8 +79,9 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 ma=$(median "${a[@]}"); mb=$(median "${b[@]}")
 # pair: the median of each round's tarnd/limit (the runs of a round are seconds apart).
-echo "median: limit-server $ma ops/s, tarnd $mb ops/s; tarnd/limit $(python3 -c "print(round($mb/$ma, 2))"); pair $(python3 -c "print(round($(median "${pairs[@]}"), 2))"); errors $errs"
+echo "median: limit-server $ma ops/s, tarnd $mb ops/s; tarnd/limit $(python3 -c "print(round($mb/$ma, 2))"); pair $(python3 -c "print(round($(median "${pairs[@]}"), 2))")"
 if [ "$REDIS" = 1 ]; then
   mc=$(median "${c[@]}")
   echo "median: redis $mc ops/s; redis/limit $(python3 -c "print(round($mc/$ma, 2))"); pair $(python3 -c "print(round($(median "${rpairs[@]}"), 2))")"
 fi
+echo "errors (every server, every round): $errs"
