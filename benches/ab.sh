@@ -59,7 +59,7 @@ for prof in $PROFILES; do
       # The work a round leaves behind (flushes, compactions) is charged to it, and done before
       # the other side's round.
       after=$(settle "$(cat "$work/$side.pid")")
-      python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('$side', d['ops_per_sec'], (d.get('server_cpu_us_per_op') or 0) + $after / max(d['ops'], 1))" "$out" >> "$work/rounds"
+      python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('$side', d['ops_per_sec'], (d.get('server_cpu_us_per_op') or 0) + $after / max(d['ops'], 1), d['errors'])" "$out" >> "$work/rounds"
     done
   done
   stop a; stop b
@@ -72,5 +72,9 @@ pairs = [(rows[i], rows[i + 1]) for i in range(0, len(rows) - 1, 2)]
 pair = lambda i: statistics.median(float(y[i]) / float(x[i]) for x, y in pairs)
 print(f"{sys.argv[1]:<10} {a:12.0f} {b:12.0f} {b / a:7.2f} {med('a', 2):12.2f} {med('b', 2):12.2f}"
       f" {pair(1):10.2f} {pair(2):10.2f}")
+# Failed requests and failed connections: a valid run has none.
+errs = {side: sum(int(r[3]) for r in rows if r[0] == side) for side in "ab"}
+if errs["a"] or errs["b"]:
+    print(f"{sys.argv[1]:<10} errors: A {errs['a']}, B {errs['b']}")
 PY
 done

@@ -94,6 +94,8 @@ echo "rounds: $ROUNDS x ${SECS}s, interleaved; value ${VALUE} B; ${KEYS} keys pr
 # two runs of a round are seconds apart), which cancels slow drifts of the host's speed. Each
 # round's figures go to stderr.
 printf '%-10s %-6s %12s %12s %7s %7s %9s %9s %9s %9s\n' profile ins% tarn_ops redis_ops ratio pair tarn_p50 redis_p50 tarn_p99 redis_p99
+# Failed requests and failed connections (tarn-load's `errors`): a valid run has none.
+t_errs=0; r_errs=0
 for prof in $PROFILES; do
   cp=${prof%%:*}; pct=${prof##*:}; conns=${cp%%x*}; pipe=${cp##*x}
   t_ops=(); r_ops=(); t_p50=(); r_p50=(); t_p99=(); r_p99=(); pairs=()
@@ -101,8 +103,10 @@ for prof in $PROFILES; do
   for round in $(seq 1 "$ROUNDS"); do
     out=$(load "tarn://127.0.0.1:$tport" "$tpid" "$conns" "$pipe" "$pct"); settle "$tpid" >/dev/null
     t_ops+=("$(json "$out" ops_per_sec)"); t_p50+=("$(json "$out" p50_us)"); t_p99+=("$(json "$out" p99_us)")
+    t_errs=$((t_errs + $(json "$out" errors)))
     out=$(load "redis://127.0.0.1:$rport" "$rpid" "$conns" "$pipe" "$pct"); settle "$rpid" >/dev/null
     r_ops+=("$(json "$out" ops_per_sec)"); r_p50+=("$(json "$out" p50_us)"); r_p99+=("$(json "$out" p99_us)")
+    r_errs=$((r_errs + $(json "$out" errors)))
     pairs+=("$(python3 -c "print(${t_ops[-1]}/${r_ops[-1]})")")
     printf '%s round %s: tarnd %.0f ops/s, redis %.0f ops/s, %.2f\n' "$prof" "$round" \
       "${t_ops[-1]}" "${r_ops[-1]}" "${pairs[-1]}" >&2
@@ -113,3 +117,4 @@ for prof in $PROFILES; do
   printf '%-10s %-6s %12.0f %12.0f %7.2f %7.2f %9s %9s %9s %9s\n' "$cp" "$pct" "$tm" "$rm_" \
     "$(python3 -c "print($tm/$rm_)")" "$(med "${pairs[@]}")" "$(med "${t_p50[@]}")" "$(med "${r_p50[@]}")" "$(med "${t_p99[@]}")" "$(med "${r_p99[@]}")"
 done
+echo "errors (every round): tarnd $t_errs, redis $r_errs"
