@@ -1,7 +1,6 @@
 //! Background work off the executors: epoch GC with partition preparation, the periodic WAL
 //! sync, and moving logs into their partitions (epochs that outgrow the index, logs of keys
-//! rewritten many times). Each runs
-//! on a thread of its own so a slow drop never delays a sync.
+//! rewritten many times). Each runs on a thread of its own so a slow drop never delays a sync.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

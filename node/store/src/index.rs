@@ -229,22 +229,19 @@ impl LiveIndex {
             .clone()
     }
 
-    /// Retires `epochs` (overflowed ones): their reads go to the durable store from now on. The
-    /// caller guarantees RocksDB holds every value of those epochs (no log entry of theirs is
-    /// left unapplied or being written) and that no [`LiveIndex::merge`] runs meanwhile (the
-    /// store's write gate), so a set found afterwards is never one a merge began in the cleared
-    /// map.
-    pub(crate) fn retire(&self, epochs: &[Epoch]) {
+    /// Retires `epoch` (an overflowed one): its reads go to the durable store from now on. The
+    /// caller guarantees RocksDB holds every value of the epoch (no log entry of it is left
+    /// unapplied or being written) and that no [`LiveIndex::merge`] runs meanwhile (the store's
+    /// write gate), so a set found afterwards is never one a merge began in the cleared map.
+    pub(crate) fn retire(&self, epoch: Epoch) {
         self.to_retire
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|e| !epochs.contains(e));
-        for &epoch in epochs {
-            if let Some(idx) = self.find(epoch) {
-                idx.complete.store(false, Ordering::Release);
-                idx.map.clear();
-                idx.bytes.store(0, Ordering::Relaxed);
-            }
+            .retain(|e| *e != epoch);
+        if let Some(idx) = self.find(epoch) {
+            idx.complete.store(false, Ordering::Release);
+            idx.map.clear();
+            idx.bytes.store(0, Ordering::Relaxed);
         }
     }
 
@@ -428,7 +425,7 @@ mod tests {
             some.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             vec![Key([1; 32]), Key([2; 32])]
         );
-        idx.retire(&[Epoch(7)]);
+        idx.retire(Epoch(7));
         assert!(idx.overflowed().is_empty());
         assert_eq!(idx.scan(Epoch(7), &all), None);
         assert_eq!(values(&idx, 7, 0), Lookup::Unknown);

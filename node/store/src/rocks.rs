@@ -200,6 +200,13 @@ fn parse_log_name(name: &str) -> Option<Epoch> {
     name.strip_prefix(LOG_PREFIX)?.parse().ok().map(Epoch)
 }
 
+/// The sequence number a log entry is stored under; any other key is a corrupt log.
+fn log_key(op: &'static str, k: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(k)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::engine(op, "malformed log key"))
+}
+
 impl RocksStore {
     /// Opens (or creates) the store at `path`, listing and reopening every existing partition
     /// and log, recounting the figures and filling the index from the partitions and the logs
@@ -251,11 +258,10 @@ impl RocksStore {
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
         // Flushes (the logs' memtables, written once; read back at open, or when the log is
-        // moved into its partition) and
-        // compactions bypass the page cache: no page-cache pages to allocate and copy into on
-        // the server's CPU (at 50 x 16, 50 % inserts: 12 % more operations, 9 % less CPU per
-        // operation; BENCHMARKS.md, tenth round). Only where the filesystem takes O_DIRECT
-        // (tmpfs before Linux 6.6 does not).
+        // moved into its partition) and compactions bypass the page cache: no page-cache pages
+        // to allocate and copy into on the server's CPU (at 50 x 16, 50 % inserts: 12 % more
+        // operations, 9 % less CPU per operation; BENCHMARKS.md, tenth round). Only where the
+        // filesystem takes O_DIRECT (tmpfs before Linux 6.6 does not).
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::engine("open", format!("{}: {e}", path.display())))?;
         db_opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(path));
@@ -329,14 +335,9 @@ impl RocksStore {
         {
             let kept = store.opts.index_bytes > 0
                 && parse_log_name(name).is_some_and(|e| parts.contains(&e));
-            if kept {
-                continue;
+            if !kept {
+                store.move_log(name)?;
             }
-            store.apply_log(name, None)?;
-            store
-                .db
-                .drop_cf(name)
-                .map_err(|e| StoreError::engine("open", e))?;
         }
         store.recount()?;
         Ok(store)
@@ -354,7 +355,8 @@ impl RocksStore {
         let mut bytes = 0usize;
         let (mut moved, mut total) = (0u64, 0u64);
         for item in self.read_log(&log, upto) {
-            let (_, entry) = item.map_err(|e| StoreError::engine("apply log", e))?;
+            let (k, entry) = item.map_err(|e| StoreError::engine("apply log", e))?;
+            log_key("apply log", &k)?;
             bytes += entry.len();
             total += entry.len() as u64;
             chunk.push(entry);
@@ -366,6 +368,16 @@ impl RocksStore {
         }
         moved += self.apply_entries(&chunk, parse_log_name(name))?;
         Ok((moved, total))
+    }
+
+    /// Moves the whole log (or legacy journal) `name` into its partitions and drops it, when
+    /// nothing else may touch it: at open. Returns the values moved.
+    fn move_log(&self, name: &str) -> Result<u64, StoreError> {
+        let (moved, _) = self.apply_log(name, None)?;
+        self.db
+            .drop_cf(name)
+            .map_err(|e| StoreError::engine("open", e))?;
+        Ok(moved)
     }
 
     /// A log's entries in key order (those under keys below `upto`, if given), read once from
@@ -436,7 +448,7 @@ impl RocksStore {
                 .drop_cf(&name)
                 .map_err(|e| StoreError::engine("retire", e))?;
         }
-        self.index.retire(&[epoch]);
+        self.index.retire(epoch);
         Ok(moved)
     }
 
@@ -578,10 +590,8 @@ impl RocksStore {
                 for item in self.read_log(&log, None) {
                     let (k, entry) = item.map_err(|e| StoreError::engine("open", e))?;
                     logged += entry.len() as u64;
-                    if let Ok(seq) = <[u8; 8]>::try_from(&k[..]) {
-                        // Later entries of the log must not reuse a key.
-                        next_seq = next_seq.max(u64::from_be_bytes(seq).saturating_add(1));
-                    }
+                    // Later entries of the log must not reuse a key.
+                    next_seq = next_seq.max(log_key("open", &k)?.saturating_add(1));
                     for r in journal::records(&entry) {
                         let (e, key, operand) = r.map_err(|e| StoreError::engine("open", e))?;
                         if e != epoch {
@@ -597,15 +607,12 @@ impl RocksStore {
                 }
                 if overflowed {
                     drop(log);
-                    self.apply_log(&name, None)?;
-                    self.db
-                        .drop_cf(&name)
-                        .map_err(|e| StoreError::engine("open", e))?;
+                    self.move_log(&name)?;
                 }
             }
             if overflowed {
                 // The partition holds every value of the epoch now: reads go there.
-                self.index.retire(&[epoch]);
+                self.index.retire(epoch);
             } else {
                 self.index.logged(epoch, logged);
             }

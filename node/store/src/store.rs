@@ -147,9 +147,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Moves the logged values of epochs that overflowed the memory-resident index into their
     /// partitions and retires those epochs from the index (their reads go to the partitions
     /// from then on), and moves the older part of logs grown far past their epoch's live data
-    /// (keys rewritten many times) into their partitions; returns the values moved. The node calls it every 50 ms from a thread of
-    /// its own (`tarn_node::maintenance::apply_journal_while`; the logs keep inserts to
-    /// sequential appends, see `RocksStore`). Backends without logs do nothing.
+    /// (keys rewritten many times) into their partitions; returns the values moved. The node
+    /// calls it every 50 ms from a thread of its own
+    /// (`tarn_node::maintenance::apply_journal_while`; the logs keep inserts to sequential
+    /// appends, see `RocksStore`). Backends without logs do nothing.
     fn apply_journal(&self) -> Result<u64, StoreError> {
         Ok(0)
     }

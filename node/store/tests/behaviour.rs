@@ -688,6 +688,21 @@ fn an_epochs_log_goes_with_it_and_without_the_journal_writes_go_to_the_partition
     assert_eq!(s.get(Epoch(7), &key(1)).unwrap()[0].value, b"next".to_vec());
 }
 
+/// One log entry as the store writes it (and earlier builds' journal did): for each `(key,
+/// stamp, value)`, `epoch:u64le | key | len:u32le | operand` back to back.
+fn log_entry(epoch: u64, records: &[(u8, u64, &[u8])]) -> Vec<u8> {
+    let mut entry = Vec::new();
+    for &(k, stamp, value) in records {
+        let mut operand = Vec::new();
+        tarn_store::valueset::encode_one(stamp, value, &mut operand);
+        entry.extend_from_slice(&epoch.to_le_bytes());
+        entry.extend_from_slice(&key(k).0);
+        entry.extend_from_slice(&(operand.len() as u32).to_le_bytes());
+        entry.extend_from_slice(&operand);
+    }
+    entry
+}
+
 #[test]
 fn a_store_with_the_single_journal_of_earlier_builds_opens_with_its_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -700,15 +715,7 @@ fn a_store_with_the_single_journal_of_earlier_builds_opens_with_its_values() {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let db = rocksdb::DB::open_cf(&opts, dir.path(), ["journal", partition]).unwrap();
-        let mut entry = Vec::new();
-        for (k, v) in [(1u8, &b"one"[..]), (2, b"two")] {
-            let mut operand = Vec::new();
-            tarn_store::valueset::encode_one(7, v, &mut operand);
-            entry.extend_from_slice(&9u64.to_le_bytes());
-            entry.extend_from_slice(&key(k).0);
-            entry.extend_from_slice(&(operand.len() as u32).to_le_bytes());
-            entry.extend_from_slice(&operand);
-        }
+        let entry = log_entry(9, &[(1, 7, b"one"), (2, 7, b"two")]);
         let journal = db.cf_handle("journal").unwrap();
         db.put_cf(&journal, 0u64.to_be_bytes(), &entry).unwrap();
     }
@@ -736,13 +743,7 @@ fn a_log_whose_partition_is_gone_is_dropped_at_open() {
         let mut cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
         cfs.push("j-00000000000000000003".into());
         let db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs).unwrap();
-        let mut entry = Vec::new();
-        let mut operand = Vec::new();
-        tarn_store::valueset::encode_one(1, b"expired", &mut operand);
-        entry.extend_from_slice(&3u64.to_le_bytes());
-        entry.extend_from_slice(&key(2).0);
-        entry.extend_from_slice(&(operand.len() as u32).to_le_bytes());
-        entry.extend_from_slice(&operand);
+        let entry = log_entry(3, &[(2, 1, b"expired")]);
         let log = db.cf_handle("j-00000000000000000003").unwrap();
         db.put_cf(&log, 0u64.to_be_bytes(), &entry).unwrap();
     }
@@ -836,4 +837,37 @@ fn a_store_on_a_filesystem_without_direct_io_still_flushes() {
     let s = open_rocks(dir.path(), RocksOptions::default());
     assert_eq!(s.get(Epoch(2), &key(0)).unwrap()[0].stamp, 3000);
     assert_eq!(s.get(Epoch(2), &key(1)).unwrap()[0].stamp, 2999);
+}
+
+#[test]
+fn a_log_entry_under_a_malformed_key_is_a_typed_error_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open_rocks(dir.path(), RocksOptions::default());
+        s.put(Epoch(4), key(1), 1, b"live").unwrap();
+    }
+    {
+        // A corrupt log: an entry under a key that is no sequence number.
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs).unwrap();
+        let log = db.cf_handle("j-00000000000000000004").unwrap();
+        db.put_cf(&log, b"bad", log_entry(4, &[(2, 2, b"v")]))
+            .unwrap();
+    }
+    // Kept (replayed into the index) or moved (no index): refused either way, not skipped.
+    for index_bytes in [1 << 20, 0] {
+        match RocksStore::open(
+            dir.path(),
+            RocksOptions {
+                index_bytes,
+                ..Default::default()
+            },
+        ) {
+            Err(StoreError::Engine { detail, .. }) => {
+                assert!(detail.contains("malformed log key"), "{detail}")
+            }
+            other => panic!("index_bytes {index_bytes}: {other:?}"),
+        }
+    }
 }
